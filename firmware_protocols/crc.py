@@ -1,0 +1,21 @@
+"""CRC-16/CCITT-FALSE, the check used by the onecard-v1 board protocol (PROTOCOL.md section 2).
+
+Parameters (Rocksoft model): width 16, poly 0x1021, init 0xFFFF, refin false, refout false,
+xorout 0x0000, check ``crc16_ccitt_false(b"123456789") == 0x29B1``.
+
+The stdlib's ``binascii.crc_hqx`` is exactly this polynomial, unreflected, with the initial
+value as a parameter; it runs in C, so the decoder is limited by the serial line, never by the
+CRC (see bench/bench_board.py). A firmware writer's bitwise version is in PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import binascii
+
+INIT = 0xFFFF
+CHECK = 0x29B1
+
+
+def crc16_ccitt_false(data: bytes | bytearray | memoryview, crc: int = INIT) -> int:
+    """Return the CRC-16/CCITT-FALSE of ``data``; pass ``crc`` to continue a running CRC."""
+    return binascii.crc_hqx(data, crc)

@@ -1,0 +1,156 @@
+"""`onecard kiosk`: the kiosk's main loop and its command line.
+
+Waits for a card on the reader, serves the tap (kiosk.tap), reports the outcome, and waits for
+the card to leave before the next one. Open transactions left by a crash or an outage are
+settled at start and then once a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
+from pathlib import Path
+
+from cardsvc.pcsc import PcscReader
+
+from cardsvc.errors import CardError
+from kiosk.board import open_board
+from kiosk.client import ServerClient
+from kiosk.identity import load_or_create_device_key, public_key_b64
+from kiosk.journal import Journal
+from kiosk.tap import Kiosk, TapResult
+
+RECOVER_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class KioskConfig:
+    kiosk_id: str
+    server_url: str
+    data_dir: Path
+    board_device: str
+    ca_certificate: Path
+    board_protocol: str = "onecard-v1"
+    reader: str | None = None
+    slot: int = 1
+
+
+def format_result(result: TapResult) -> str:
+    """The tap as lines for a log or a terminal: each step with its time, then the outcome."""
+    lines = [f"  {s.name:<15} {s.ms:8.1f} ms  {s.detail}" for s in result.steps]
+    tail = f"  => {result.outcome.value}: {result.message}"
+    if result.remaining:
+        tail += (
+            "  (allowance left: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(result.remaining.items()))
+            + ")"
+        )
+    if result.stock_left is not None:
+        tail += f"  (slot stock left: {result.stock_left})"
+    lines.append(tail)
+    return "\n".join(lines)
+
+
+def run(
+    config: KioskConfig,
+    *,
+    stop: threading.Event | None = None,
+    on_result: Callable[[TapResult], None] | None = None,
+) -> None:
+    """Serve taps until `stop` is set (or forever)."""
+    stop = stop or threading.Event()
+    report = on_result or (lambda r: print(format_result(r), flush=True))
+    key = load_or_create_device_key(config.data_dir)
+    ca_der = _read_certificate(config.ca_certificate)
+    with ExitStack() as stack:
+        journal = stack.enter_context(Journal(config.data_dir / "journal.sqlite3"))
+        board = stack.enter_context(closing(open_board(config.board_device, config.board_protocol)))
+        server = stack.enter_context(ServerClient(config.server_url, config.kiosk_id, key))
+        kiosk = Kiosk(
+            kiosk_id=config.kiosk_id,
+            journal=journal,
+            server=server,
+            board=board,
+            ca_certificate_der=ca_der,
+        )
+        serve(kiosk, PcscReader(config.reader), config.slot, stop, report)
+
+
+def serve(
+    kiosk: Kiosk,
+    reader: PcscReader,
+    slot: int,
+    stop: threading.Event,
+    report: Callable[[TapResult], None],
+) -> None:
+    """The reader loop: one tap per card presence; recovery at start and when idle."""
+    kiosk.recover()
+    last_recovery = time.monotonic()
+    while not stop.is_set():
+        connection = reader.wait_for_card(timeout=0.5)
+        if connection is None:
+            if time.monotonic() - last_recovery > RECOVER_EVERY_S:
+                kiosk.recover()
+                last_recovery = time.monotonic()
+            continue
+        with connection:
+            report(kiosk.serve_card(connection, slot))
+        while not stop.is_set() and not reader.wait_for_removal(timeout=0.5):
+            pass
+
+
+def _read_certificate(path: Path) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    data = Path(path).read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="onecard kiosk", description="The kiosk software.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    env = os.environ.get
+    run_p = sub.add_parser("run", help="wait for cards and serve them")
+    run_p.add_argument("--kiosk-id", default=env("ONECARD_KIOSK_ID", "K-0001"))
+    run_p.add_argument("--server", default=env("ONECARD_SERVER_URL", "http://127.0.0.1:8080"))
+    run_p.add_argument("--data-dir", type=Path, default=Path(env("ONECARD_KIOSK_DIR", "var/kiosk")))
+    run_p.add_argument("--board", required=True, help="serial device of the controller board")
+    run_p.add_argument("--board-protocol", default="onecard-v1")
+    run_p.add_argument("--ca-cert", type=Path, required=True, help="the city card CA certificate")
+    run_p.add_argument("--reader", default=None, help="PC/SC reader name (default: any)")
+    run_p.add_argument("--slot", type=int, default=1, help="the slot to dispense from")
+    key_p = sub.add_parser(
+        "keygen", help="create the device key if needed and print its public key"
+    )
+    key_p.add_argument("--data-dir", type=Path, default=Path(env("ONECARD_KIOSK_DIR", "var/kiosk")))
+    args = parser.parse_args(argv)
+    if args.command == "keygen":
+        print(public_key_b64(load_or_create_device_key(args.data_dir)))
+        return 0
+    config = KioskConfig(
+        kiosk_id=args.kiosk_id,
+        server_url=args.server,
+        data_dir=args.data_dir,
+        board_device=args.board,
+        board_protocol=args.board_protocol,
+        ca_certificate=args.ca_cert,
+        reader=args.reader,
+        slot=args.slot,
+    )
+    try:
+        run(config)
+    except KeyboardInterrupt:
+        return 0
+    except CardError as exc:
+        print(f"onecard kiosk: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,24 @@
+"""The kiosk's errors. Turned into words for a resident only on the kiosk screen (kiosk.tap)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KioskError(Exception):
+    """Base of the kiosk's own errors."""
+
+
+class ServerUnavailableError(KioskError):
+    """The central server could not be reached or did not answer in time."""
+
+
+class ServerProblemError(KioskError):
+    """The server answered with an application/problem+json document."""
+
+    def __init__(self, status: int, code: str, detail: str, problem: dict[str, Any]) -> None:
+        super().__init__(f"server said {status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.problem = problem

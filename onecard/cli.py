@@ -1,0 +1,47 @@
+"""The `onecard` console script: one entry point, a subcommand per part of the platform.
+
+Each part owns its own argument parsing (`main(argv)` in its package); this module only routes,
+and imports a part when its subcommand is asked for, so `onecard board-sim` starts without
+loading Flask or pyscard.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "onecard.demo",
+        "the whole platform on its embedded default, walking a resident's visits",
+    ),
+    "server": ("server.cli", "the central server: run, init-db, seed-demo, add-kiosk, create-user"),
+    "kiosk": ("kiosk.app", "the kiosk: run, keygen"),
+    "card": ("onecard.card", "technician card commands: issue-demo"),
+    "card-sim": ("cardsvc.vpcd", "a virtual PIV card on pcscd's vpcd driver"),
+    "board-sim": ("firmware_protocols.simulator", "a simulated vending-machine controller board"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    rows = "\n".join(f"  {name:<{width}}  {about}" for name, (_, about) in COMMANDS.items())
+    return f"usage: onecard COMMAND [ARGS...]\n\ncommands:\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage(), end="")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"onecard: unknown command {name!r}\n\n{usage()}", end="", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    result = module.main(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

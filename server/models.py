@@ -1,0 +1,292 @@
+"""The server's persistent model: typed SQLAlchemy 2 declarative classes, no I/O of their own.
+
+The schema is built by the Alembic migrations in server/migrations (also in the tests); these
+classes must match them, and tests/test_server_migrations.py checks that they do.
+
+Design notes:
+- Usage is counted per *person* (resident), per category, per day: a replacement card does not
+  reset an allowance, and any period kind (calendar month, rolling N days, calendar year) is a sum
+  over day rows. Authorize holds a row lock on the resident (PostgreSQL) or the database write lock
+  (SQLite `BEGIN IMMEDIATE`) while it reads and increments them.
+- Authorizations are never deleted; their status only moves reserved -> captured | voided.
+- The audit log is append-only (database triggers refuse UPDATE and DELETE) and hash-chained.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class RegionKind(enum.StrEnum):
+    CITY = "city"
+    TOWN = "town"
+    SUBDISTRICT = "subdistrict"
+    VILLAGE = "village"
+    COMMUNITY = "community"
+
+
+class CardStatus(enum.StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    REPLACED = "replaced"
+
+
+class ResidentStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    LEFT = "left"
+
+
+class PeriodKindColumn(enum.StrEnum):
+    CALENDAR_MONTH = "calendar_month"
+    ROLLING_DAYS = "rolling_days"
+    CALENDAR_YEAR = "calendar_year"
+
+
+class AuthorizationStatus(enum.StrEnum):
+    RESERVED = "reserved"
+    CAPTURED = "captured"
+    VOIDED = "voided"
+
+
+class Role(enum.StrEnum):
+    ADMINISTRATOR = "administrator"
+    TECHNICIAN = "technician"
+    STATION_STAFF = "station_staff"
+    AUDITOR = "auditor"
+
+
+def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    # Stored as plain strings with a CHECK constraint: portable, and readable in SQL.
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=20,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class Region(Base):
+    __tablename__ = "regions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("regions.id"), index=True)
+    code: Mapped[str] = mapped_column(String(40), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[RegionKind] = mapped_column(_enum(RegionKind, "region_kind"))
+
+    parent: Mapped[Region | None] = relationship(remote_side=[id])
+
+
+class Resident(Base):
+    __tablename__ = "residents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    region_id: Mapped[int] = mapped_column(ForeignKey("regions.id"), index=True)
+    # AES-256-GCM ciphertexts (server.fieldcrypto); the plaintext never reaches the database.
+    name_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    sex_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    birth_date_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    phone_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # HMAC-SHA256 of the normalised ID number: refuses duplicate enrolment, reveals nothing.
+    id_number_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    id_number_last4: Mapped[str] = mapped_column(String(4))
+    status: Mapped[ResidentStatus] = mapped_column(
+        _enum(ResidentStatus, "resident_status"), default=ResidentStatus.ACTIVE
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Card(Base):
+    __tablename__ = "cards"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guid: Mapped[str] = mapped_column(String(32), unique=True)  # 32 lower-case hex
+    resident_id: Mapped[int] = mapped_column(ForeignKey("residents.id"), index=True)
+    certificate: Mapped[bytes] = mapped_column(LargeBinary)  # DER, recorded at issuance
+    not_after: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[CardStatus] = mapped_column(_enum(CardStatus, "card_status"))
+    issued_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    issued_by: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"))
+    status_changed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    resident: Mapped[Resident] = relationship()
+
+
+class Category(Base):
+    __tablename__ = "categories"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(40), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    unit: Mapped[str] = mapped_column(String(40), default="piece")
+
+
+class Product(Base):
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    category_id: Mapped[int] = mapped_column(ForeignKey("categories.id"), index=True)
+    # How many of the category's units one item counts for (a box of 3 counts as 3, say).
+    units: Mapped[int] = mapped_column(Integer, default=1)
+
+    category: Mapped[Category] = relationship()
+
+
+class EntitlementRule(Base):
+    """Units of one category per period, with eligibility; evaluated by server.rules."""
+
+    __tablename__ = "entitlement_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    category_id: Mapped[int] = mapped_column(ForeignKey("categories.id"), index=True)
+    period_kind: Mapped[PeriodKindColumn] = mapped_column(_enum(PeriodKindColumn, "period_kind"))
+    period_days: Mapped[int | None] = mapped_column(Integer)  # for rolling_days only
+    units: Mapped[int] = mapped_column(Integer)
+    per_visit_cap: Mapped[int | None] = mapped_column(Integer)
+    min_age: Mapped[int | None] = mapped_column(Integer)
+    max_age: Mapped[int | None] = mapped_column(Integer)
+    sexes: Mapped[str | None] = mapped_column(String(10))  # e.g. "F" or "FM"; NULL = any
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    category: Mapped[Category] = relationship()
+
+
+class Kiosk(Base):
+    __tablename__ = "kiosks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64))  # base64 of the raw Ed25519 key
+    region_id: Mapped[int] = mapped_column(ForeignKey("regions.id"), index=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_counter: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class KioskSlot(Base):
+    __tablename__ = "kiosk_slots"
+
+    kiosk_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    stock: Mapped[int | None] = mapped_column(Integer)
+
+    product: Mapped[Product] = relationship()
+
+
+class Authorization(Base):
+    __tablename__ = "authorizations"
+    __table_args__ = (
+        Index("ix_authorizations_status_created_at", "status", "created_at"),
+        Index("ix_authorizations_resident_id_created_at", "resident_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
+    kiosk_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"), index=True)
+    card_id: Mapped[int] = mapped_column(ForeignKey("cards.id"))
+    resident_id: Mapped[int] = mapped_column(ForeignKey("residents.id"))
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    category_id: Mapped[int] = mapped_column(ForeignKey("categories.id"))
+    slot: Mapped[int] = mapped_column(Integer)
+    quantity: Mapped[int] = mapped_column(Integer)  # items
+    units: Mapped[int] = mapped_column(Integer)  # category units charged: quantity * product.units
+    usage_day: Mapped[dt.date] = mapped_column(Date)
+    proof_counter: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[AuthorizationStatus] = mapped_column(
+        _enum(AuthorizationStatus, "authorization_status")
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    settled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    board_txn: Mapped[int | None] = mapped_column(BigInteger)
+    void_reason: Mapped[str | None] = mapped_column(String(64))
+
+
+class Usage(Base):
+    """Units reserved and captured by one person in one category on one (local) day."""
+
+    __tablename__ = "usage"
+
+    resident_id: Mapped[int] = mapped_column(ForeignKey("residents.id"), primary_key=True)
+    category_id: Mapped[int] = mapped_column(ForeignKey("categories.id"), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    reserved: Mapped[int] = mapped_column(Integer, default=0)
+    captured: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SeenNonce(Base):
+    __tablename__ = "seen_nonces"
+
+    kiosk_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class IdempotencyRecord(Base):
+    """The first answer to a request with this key, replayed to every retry."""
+
+    __tablename__ = "idempotency_records"
+
+    scope: Mapped[str] = mapped_column(String(80), primary_key=True)  # "kiosk:K-0001"
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response_body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class StaffUser(Base):
+    __tablename__ = "staff_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[Role] = mapped_column(_enum(Role, "staff_role"))
+    region_id: Mapped[int | None] = mapped_column(ForeignKey("regions.id"))  # scope; NULL = all
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 hex of the token
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(120))  # "user:3", "kiosk:K-0001", "cli"
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(120))
+    detail: Mapped[str] = mapped_column(Text)  # canonical JSON
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
