@@ -30,8 +30,11 @@ SHORT_MAX_DATA = 255
 SHORT_MAX_LE = 256
 EXTENDED_MAX_DATA = 65535
 EXTENDED_MAX_LE = 65536
+MAX_RESPONSE = 1 << 20  # response chaining stops here: no PIV object comes near it
 CLA_CHAINING = 0x10
 INS_GET_RESPONSE = 0xC0
+# VERIFY, CHANGE REFERENCE DATA, RESET RETRY COUNTER, SET MANAGEMENT KEY carry secrets.
+_SECRET_INS = frozenset({0x20, 0x24, 0x2C, 0xFF})
 
 
 @unique
@@ -197,7 +200,10 @@ class ApduProcessor:
 
     def _exchange(self, apdu: bytes) -> tuple[bytes, int]:
         if logger.isEnabledFor(TRAFFIC):
-            logger.log(TRAFFIC, "> %s", apdu.hex())
+            if apdu[1] in _SECRET_INS:  # PINs, PUKs and keys never reach a log
+                logger.log(TRAFFIC, "> %s <%d bytes withheld>", apdu[:4].hex(), len(apdu) - 4)
+            else:
+                logger.log(TRAFFIC, "> %s", apdu.hex())
         data, sw = self.connection.send_and_receive(apdu)
         self.apdu_count += 1
         if logger.isEnabledFor(TRAFFIC):
@@ -234,6 +240,8 @@ class ApduProcessor:
             response, sw = self._exchange(command.to_bytes())
         buffer = bytearray(response)
         while sw >> 8 == 0x61:
+            if len(buffer) > MAX_RESPONSE:
+                raise BadResponseError(f"the card keeps answering 61xx past {MAX_RESPONSE} bytes")
             get_response = CommandApdu(0x00, INS_GET_RESPONSE, 0, 0, b"", (sw & 0xFF) or 256)
             response, sw = self._exchange(get_response.to_bytes())
             buffer += response

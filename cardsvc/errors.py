@@ -40,7 +40,9 @@ class NoReaderError(TransportError):
         if reader:
             message = f"no smart-card reader named {reader!r} is attached"
         else:
-            message = "no smart-card reader is attached (for the virtual card: install vsmartcard-vpcd)"
+            message = (
+                "no smart-card reader is attached (for the virtual card: install vsmartcard-vpcd)"
+            )
         super().__init__(message)
 
 
@@ -109,7 +111,9 @@ class ApplicationNotAvailableError(ApduError):
 class InvalidPinError(ApduError):
     """A wrong PIN or PUK (63Cx); `attempts_remaining` says how many tries are left."""
 
-    def __init__(self, attempts_remaining: int, sw: int | None = None, *, puk: bool = False) -> None:
+    def __init__(
+        self, attempts_remaining: int, sw: int | None = None, *, puk: bool = False
+    ) -> None:
         self.attempts_remaining = attempts_remaining
         self.puk = puk
         what = "PUK" if puk else "PIN"

@@ -230,7 +230,9 @@ class PivSession:
         """How many APDUs this session has exchanged (for the benchmarks)."""
         return self.processor.apdu_count
 
-    def _send(self, ins: int, p1: int, p2: int, data: bytes = b"", *, ne: int | None = None) -> bytes:
+    def _send(
+        self, ins: int, p1: int, p2: int, data: bytes = b"", *, ne: int | None = None
+    ) -> bytes:
         return self.processor.send(0x00, ins, p1, p2, data, ne=ne)
 
     # --- application ------------------------------------------------------------------------
@@ -301,7 +303,9 @@ class PivSession:
             raise BadResponseError(f"GENERATE answered an invalid point: {exc}") from exc
 
     def _general_authenticate(self, algorithm: int, slot: int, template: bytes) -> dict[int, bytes]:
-        data = self._send(INS.GENERAL_AUTHENTICATE, algorithm, slot, tlv.encode(TAG_DYN_AUTH, template))
+        data = self._send(
+            INS.GENERAL_AUTHENTICATE, algorithm, slot, tlv.encode(TAG_DYN_AUTH, template)
+        )
         try:
             return tlv.parse_dict(tlv.unpack(TAG_DYN_AUTH, data))
         except TlvError as exc:
@@ -327,7 +331,8 @@ class PivSession:
         answer = self._general_authenticate(
             algorithm,
             slot,
-            tlv.encode(TAG_AUTH_RESPONSE) + tlv.encode(TAG_AUTH_EXPONENTIATION, encode_ec_point(peer)),
+            tlv.encode(TAG_AUTH_RESPONSE)
+            + tlv.encode(TAG_AUTH_EXPONENTIATION, encode_ec_point(peer)),
         )
         if TAG_AUTH_RESPONSE not in answer:
             raise BadResponseError("GENERAL AUTHENTICATE answered without a secret (tag 82)")
@@ -342,7 +347,9 @@ class PivSession:
         challenge encrypted, which proves the card holds the same key.
         """
         try:
-            answer = self._general_authenticate(key_type, Slot.MANAGEMENT, tlv.encode(TAG_AUTH_WITNESS))
+            answer = self._general_authenticate(
+                key_type, Slot.MANAGEMENT, tlv.encode(TAG_AUTH_WITNESS)
+            )
         except ApduError as exc:
             if exc.sw in (SW.INCORRECT_PARAMETERS, SW.INCORRECT_P1P2):
                 raise AuthenticationError(
@@ -402,10 +409,14 @@ class PivSession:
         raise error_for(sw)
 
     def change_pin(self, old_pin: str, new_pin: str) -> None:
-        self._reference_command(INS.CHANGE_REFERENCE, KeyRef.PIN, pad_pin(old_pin) + pad_pin(new_pin))
+        self._reference_command(
+            INS.CHANGE_REFERENCE, KeyRef.PIN, pad_pin(old_pin) + pad_pin(new_pin)
+        )
 
     def change_puk(self, old_puk: str, new_puk: str) -> None:
-        self._reference_command(INS.CHANGE_REFERENCE, KeyRef.PUK, pad_pin(old_puk) + pad_pin(new_puk))
+        self._reference_command(
+            INS.CHANGE_REFERENCE, KeyRef.PUK, pad_pin(old_puk) + pad_pin(new_puk)
+        )
 
     def unblock_pin(self, puk: str, new_pin: str) -> None:
         """RESET RETRY COUNTER: a new PIN, and its counter reset, with the PUK."""

@@ -20,7 +20,15 @@ _MAX_TAG_BYTES = 3
 def encode_tag(tag: int) -> bytes:
     if tag < 0:
         raise ValueError(f"negative tag {tag}")
-    return tag.to_bytes(max(1, (tag.bit_length() + 7) // 8), "big")
+    raw = tag.to_bytes(max(1, (tag.bit_length() + 7) // 8), "big")
+    multi = raw[0] & 0x1F == 0x1F
+    if (
+        len(raw) > _MAX_TAG_BYTES
+        or multi != (len(raw) > 1)
+        or (multi and (any(b & 0x80 == 0 for b in raw[1:-1]) or raw[-1] & 0x80))
+    ):
+        raise ValueError(f"{tag:X} is not a BER-TLV tag")
+    return raw
 
 
 def encode_length(length: int) -> bytes:
@@ -96,7 +104,9 @@ class Tlv:
         length, offset = _read_length(data, offset)
         end = offset + length
         if end > len(data):
-            raise TlvError(f"truncated TLV: tag {tag:X} wants {length} bytes, {len(data) - offset} left")
+            raise TlvError(
+                f"truncated TLV: tag {tag:X} wants {length} bytes, {len(data) - offset} left"
+            )
         return cls(tag, bytes(data[offset:end])), end
 
     @classmethod

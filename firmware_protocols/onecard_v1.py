@@ -34,11 +34,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag, unique
 from types import MappingProxyType
-from typing import ClassVar, Self
+from typing import ClassVar, Self, TypeVar
 
 from firmware_protocols.crc import crc16_ccitt_false
 
 SOF = b"\xa5\x5a"
+_SOF0, _SOF1 = SOF
 VERSION = 0x01
 HEADER_SIZE = 6
 CRC_SIZE = 2
@@ -49,6 +50,8 @@ MAX_TEXT = 16
 NO_TEMPERATURE = -32768
 UNKNOWN_REMAINING = 0xFFFF
 TXN_MAX = 0xFFFFFFFF
+
+_E = TypeVar("_E", bound="IntEnum")
 
 
 # --------------------------------------------------------------------------- wire constants
@@ -120,6 +123,7 @@ class ErrorCode(IntEnum):
     TXN_CONFLICT = 6
     BAD_TXN = 7
     DOOR_OPEN = 8
+    BAD_VALUE = 9
 
 
 @unique
@@ -187,22 +191,38 @@ class EncodeError(ProtocolError, ValueError):
 # --------------------------------------------------------------------------- payload helpers
 
 
+_STRUCTS: dict[str, struct.Struct] = {}
+
+
+def _struct(fmt: str) -> struct.Struct:
+    st = _STRUCTS.get(fmt)
+    if st is None:
+        st = _STRUCTS[fmt] = struct.Struct(fmt)
+    return st
+
+
 class _Reader:
     def __init__(self, code: int, payload: bytes) -> None:
         self.code = code
         self.data = payload
         self.pos = 0
 
-    def take(self, fmt: str) -> int:
-        size = struct.calcsize(fmt)
-        if self.pos + size > len(self.data):
+    def many(self, fmt: str) -> tuple[int, ...]:
+        st = _struct(fmt)
+        if self.pos + st.size > len(self.data):
             raise PayloadError(self.code, f"short payload ({len(self.data)} bytes)")
-        (value,) = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += size
-        return int(value)
+        values = st.unpack_from(self.data, self.pos)
+        self.pos += st.size
+        return values
+
+    def take(self, fmt: str) -> int:
+        return int(self.many(fmt)[0])
 
     def u8(self) -> int:
-        return self.take(">B")
+        if self.pos >= len(self.data):
+            raise PayloadError(self.code, f"short payload ({len(self.data)} bytes)")
+        self.pos += 1
+        return self.data[self.pos - 1]
 
     def u16(self) -> int:
         return self.take(">H")
@@ -224,11 +244,11 @@ class _Reader:
         except UnicodeDecodeError as exc:
             raise PayloadError(self.code, "text is not UTF-8") from exc
 
-    def enum[E: IntEnum](self, kind: type[E], value: int) -> E:
-        try:
-            return kind(value)
-        except ValueError as exc:
-            raise PayloadError(self.code, f"bad {kind.__name__} {value}") from exc
+    def enum(self, kind: type[_E], value: int) -> _E:
+        member = kind._value2member_map_.get(value)  # a dict look-up: kind(value) is slow
+        if member is None:
+            raise PayloadError(self.code, f"bad {kind.__name__} {value}")
+        return member  # type: ignore[return-value]
 
     def end(self) -> None:
         if self.pos != len(self.data):
@@ -374,7 +394,8 @@ class Dispense(Message):
 
     @classmethod
     def _read(cls, r: _Reader) -> Self:
-        return cls(r.u8(), r.u32())
+        slot, txn = r.many(">BI")
+        return cls(slot, txn)
 
 
 @dataclass(frozen=True)
@@ -393,11 +414,9 @@ class TxnReport(Message):
 
     @classmethod
     def _read(cls, r: _Reader) -> Self:
-        txn = r.u32()
-        state = r.enum(TxnState, r.u8())
-        slot = r.u8()
-        outcome = r.enum(Outcome, r.u8())
-        rem = r.u16()
+        txn, raw_state, slot, raw_outcome, rem = r.many(">IBBBH")
+        state = r.enum(TxnState, raw_state)
+        outcome = r.enum(Outcome, raw_outcome)
         if (state is TxnState.DONE) != (outcome is not Outcome.NONE):
             raise PayloadError(cls.CODE, "outcome must be set exactly when the state is DONE")
         return cls(txn, state, slot, outcome, None if rem == UNKNOWN_REMAINING else rem)
@@ -570,7 +589,8 @@ class DispenseProgress(Message):
 
     @classmethod
     def _read(cls, r: _Reader) -> Self:
-        return cls(r.u32(), r.u8(), r.enum(Phase, r.u8()))
+        txn, slot, phase = r.many(">IBB")
+        return cls(txn, slot, r.enum(Phase, phase))
 
 
 @dataclass(frozen=True)
@@ -690,13 +710,13 @@ def encode(frame: Frame) -> bytes:
     return SOF + body + crc16_ccitt_false(body).to_bytes(2, "big")
 
 
-def parse_message(code: int, payload: bytes, version: int = VERSION) -> Message:
+def parse_message(code: int, payload: bytes | bytearray, version: int = VERSION) -> Message:
     """Turn a code and payload from a good frame into a message; never raises."""
     cls = MESSAGES.get(code)
     if cls is None or version != VERSION:
         return UnknownMessage(code, bytes(payload))
     try:
-        return cls.parse(bytes(payload))
+        return cls.parse(payload if isinstance(payload, bytes) else bytes(payload))
     except PayloadError as exc:
         return MalformedMessage(code, bytes(payload), exc.reason)
 
@@ -717,7 +737,7 @@ def decode_at(buf: bytes | bytearray, pos: int = 0) -> tuple[int, Decoded | None
     n = len(buf)
     if pos >= n:
         return 0, None
-    if buf[pos] != SOF[0] or (pos + 1 < n and buf[pos + 1] != SOF[1]):
+    if buf[pos] != _SOF0 or (pos + 1 < n and buf[pos + 1] != _SOF1):
         skip = _resync(buf, pos + 1, n)
         return skip - pos, Garbage(bytes(buf[pos:skip]))
     if n - pos < HEADER_SIZE:
@@ -731,16 +751,23 @@ def decode_at(buf: bytes | bytearray, pos: int = 0) -> tuple[int, Decoded | None
         return 0, None
     end = pos + total
     body_end = end - CRC_SIZE
-    if crc16_ccitt_false(memoryview(buf)[pos + 2 : body_end]) != int.from_bytes(
-        buf[body_end:end], "big"
-    ):
+    if crc16_ccitt_false(buf[pos + 2 : body_end]) != (buf[body_end] << 8 | buf[body_end + 1]):
         # Consume only up to a SOF inside the candidate: its LEN may be what was corrupted.
-        i = buf.find(SOF, pos + 1, end)
-        skip = i if i >= 0 else end
+        i = buf.find(SOF, pos + 1, end + 1)
+        if i < 0:
+            i = end - 1 if buf[end - 1] == SOF[0] else end
+        skip = i
         return skip - pos, BadCrc(bytes(buf[pos:skip]))
     version, seq, code = buf[pos + 2], buf[pos + 3], buf[pos + 4]
     message = parse_message(code, buf[pos + HEADER_SIZE : body_end], version)
     return total, Frame(seq, message, version)
+
+
+def _needed(buf: bytes | bytearray, pos: int) -> int:
+    """Buffer length at which ``decode_at(buf, pos)``, now (0, None), can say more."""
+    if len(buf) - pos >= HEADER_SIZE:
+        return pos + HEADER_SIZE + buf[pos + 5] + CRC_SIZE
+    return len(buf) + 1
 
 
 def decode(buffer: bytes | bytearray) -> tuple[int, Decoded | None]:
@@ -765,15 +792,19 @@ class FrameReader:
     resyncs: int = 0
     _buf: bytearray = field(default_factory=bytearray, repr=False)
     _skipping: bool = field(default=False, repr=False)
+    _need: int = field(default=0, repr=False)
 
     def feed(self, data: bytes | bytearray) -> list[Frame]:
         buf = self._buf
         buf += data
+        if len(buf) < self._need:
+            return []  # the frame in progress is still short: no need to look again
         out: list[Frame] = []
         pos = 0
         while True:
             used, item = decode_at(buf, pos)
             if used == 0:
+                self._need = _needed(buf, pos) - pos
                 break
             pos += used
             if isinstance(item, Frame):
@@ -782,34 +813,51 @@ class FrameReader:
                 out.append(item)
             else:
                 assert item is not None
-                if isinstance(item, BadCrc):
-                    self.crc_errors += 1
-                else:
-                    self.garbage_bytes += len(item.data)
-                if not self._skipping:
-                    self.resyncs += 1
-                    self._skipping = True
-                if self.on_skip is not None:
-                    self.on_skip(item)
+                self._skip(item)
         if pos:
             del buf[:pos]
         return out
+
+    def clear(self) -> None:
+        """Forget what is held without counting it (the receiver lost power)."""
+        self._buf.clear()
+        self._need = 0
+        self._skipping = False
+
+    def _skip(self, item: Garbage | BadCrc) -> None:
+        if isinstance(item, BadCrc):
+            self.crc_errors += 1
+        else:
+            self.garbage_bytes += len(item.data)
+        if not self._skipping:
+            self.resyncs += 1
+            self._skipping = True
+        if self.on_skip is not None:
+            self.on_skip(item)
 
     @property
     def pending(self) -> int:
         """Bytes held that do not make a complete item yet."""
         return len(self._buf)
 
-    def discard_partial(self) -> int:
-        """Drop a partial frame after the line went idle (PROTOCOL.md 5.2); returns its size."""
-        n = len(self._buf)
-        if n:
-            self.garbage_bytes += n
-            if not self._skipping:
-                self.resyncs += 1
-            self._skipping = False
-            self._buf.clear()
-        return n
+    def flush(self) -> list[Frame]:
+        """The line went idle (PROTOCOL.md 5.2): no more bytes will complete what is held.
+
+        The incomplete candidate at the head is dropped as garbage (its LEN was probably
+        corrupted) and the rest is decoded again, so frames inside it are not lost.
+        """
+        out: list[Frame] = []
+        buf = self._buf
+        self._need = 0
+        while buf:
+            skip = _resync(buf, 1, len(buf))
+            if skip == len(buf) - 1 and buf[-1] == SOF[0]:
+                skip = len(buf)  # a lone 0xA5 at the end: nothing will follow it
+            dropped = bytes(buf[:skip])
+            del buf[:skip]
+            self._skip(Garbage(dropped))
+            out.extend(self.feed(b""))
+        return out
 
     def counters(self) -> dict[str, int]:
         return {

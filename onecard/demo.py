@@ -256,6 +256,7 @@ def _prepare_server(env: dict[str, str], kiosk_public_key: str) -> Any:
         kiosk_public_key=kiosk_public_key,
         slot=SLOT,
         stock=SLOT_STOCK,
+        config=env,
     )
 
 

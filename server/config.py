@@ -3,9 +3,10 @@
 | variable | meaning | default |
 |---|---|---|
 | `ONECARD_DATABASE_URL` | SQLAlchemy URL; `postgresql://` is served by psycopg 3 | SQLite file `onecard.db` in the data directory |
-| `ONECARD_DATA_DIR` | where the default SQLite file and the development field key live | `./var` |
-| `ONECARD_FIELD_KEY` | base64 of 32 bytes: AES-256-GCM key for residents' personal fields | a key file `field.key` in the data directory, created on first use |
+| `ONECARD_DATA_DIR` | where the default SQLite file (and, for PostgreSQL, the development key files) live | `./var` |
+| `ONECARD_FIELD_KEY` | base64 of 32 bytes: AES-256-GCM key for residents' personal fields | a key file created on first use: `<database file>.field.key` next to a SQLite database, else `field.key` in the data directory |
 | `ONECARD_CARD_CA_CERT` | path to the city card CA certificate (PEM or DER) | none: card issuance and taps are refused with `card_ca_not_configured` |
+| `ONECARD_SERVER_KEY` | base64 of a 32-byte Ed25519 private key: signs kiosk configurations | a key file, placed as for the field key (`server-signing.key`) |
 | `ONECARD_TIMEZONE` | the city's time zone; calendar months and years are counted in it | `Asia/Shanghai` |
 | `ONECARD_CLOCK_SKEW` | seconds a kiosk's X-Timestamp or a tap's time may differ from the server's clock | `300` |
 """
@@ -36,6 +37,7 @@ class ServerConfig:
     database_url: str
     field_key: bytes
     card_ca_der: bytes | None
+    server_key: bytes = b""  # Ed25519 private key, raw 32 bytes
     timezone: str = DEFAULT_TIMEZONE
     clock_skew: int = DEFAULT_CLOCK_SKEW
     max_body_bytes: int = MAX_BODY_BYTES
@@ -63,7 +65,15 @@ class ServerConfig:
         if database_url.startswith("sqlite:///") and ":memory:" not in database_url:
             Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
-        field_key = _field_key(setting("ONECARD_FIELD_KEY"), data_dir)
+        key_dir, key_prefix = _key_location(database_url, data_dir)
+        field_key = _secret_key(
+            setting("ONECARD_FIELD_KEY"), key_dir / f"{key_prefix}field.key", "ONECARD_FIELD_KEY"
+        )
+        server_key = _secret_key(
+            setting("ONECARD_SERVER_KEY"),
+            key_dir / f"{key_prefix}server-signing.key",
+            "ONECARD_SERVER_KEY",
+        )
 
         ca_der = given.get("ONECARD_CARD_CA_DER")
         ca_path = setting("ONECARD_CARD_CA_CERT")
@@ -75,6 +85,7 @@ class ServerConfig:
             database_url=database_url,
             field_key=field_key,
             card_ca_der=ca_der,
+            server_key=server_key,
             timezone=setting("ONECARD_TIMEZONE") or DEFAULT_TIMEZONE,
             clock_skew=int(skew) if skew not in (None, "") else DEFAULT_CLOCK_SKEW,
             clock=given.get("ONECARD_CLOCK"),
@@ -106,25 +117,41 @@ def load_certificate_der(path: Path) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
-def _field_key(value: str | None, data_dir: Path) -> bytes:
+def _key_location(database_url: str, data_dir: Path) -> tuple[Path, str]:
+    """Where development key files live when no key is configured: next to a SQLite database
+    (`<db>.field.key`), so every process using that database finds the key that encrypted it;
+    else in the data directory."""
+    if database_url.startswith("sqlite:///") and ":memory:" not in database_url:
+        db_file = Path(database_url.removeprefix("sqlite:///"))
+        return db_file.parent, db_file.name + "."
+    return data_dir, ""
+
+
+def _secret_key(value: str | None, path: Path, name: str) -> bytes:
+    """32 secret bytes from the setting, else from a key file (created once, mode 0600)."""
     if value:
         try:
             key = base64.b64decode(value, validate=True)
         except ValueError as exc:
-            raise ConfigError("ONECARD_FIELD_KEY must be base64 of 32 bytes") from exc
+            raise ConfigError(f"{name} must be base64 of 32 bytes") from exc
         if len(key) != 32:
-            raise ConfigError(f"ONECARD_FIELD_KEY must be 32 bytes, got {len(key)}")
+            raise ConfigError(f"{name} must be 32 bytes, got {len(key)}")
         return key
-    # Development default: a key file next to the SQLite database, created once.
-    path = data_dir / "field.key"
+    # Development default: a key file in the data directory, created once.
     if path.exists():
-        key = base64.b64decode(path.read_text().strip())
+        try:
+            key = base64.b64decode(path.read_text().strip(), validate=True)
+        except ValueError:
+            key = b""
         if len(key) != 32:
             raise ConfigError(f"{path} must hold base64 of 32 bytes")
         return key
-    data_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return _secret_key(None, path, name)
     with os.fdopen(fd, "w") as handle:
         handle.write(base64.b64encode(key).decode() + "\n")
     return key

@@ -46,7 +46,9 @@ class FieldCipher:
         return dt.date.fromisoformat(self.decrypt(field, blob))
 
     def id_number_hash(self, id_number: str) -> bytes:
-        return hmac.new(self._hash_key, normalise_id_number(id_number).encode(), hashlib.sha256).digest()
+        return hmac.new(
+            self._hash_key, normalise_id_number(id_number).encode(), hashlib.sha256
+        ).digest()
 
 
 def normalise_id_number(id_number: str) -> str:

@@ -30,6 +30,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -194,6 +195,7 @@ class Kiosk(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     last_counter: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class KioskSlot(Base):
@@ -212,6 +214,8 @@ class Authorization(Base):
     __table_args__ = (
         Index("ix_authorizations_status_created_at", "status", "created_at"),
         Index("ix_authorizations_resident_id_created_at", "resident_id", "created_at"),
+        # A tap (kiosk, counter) is used at most once, online or offline.
+        Index("uq_authorizations_kiosk_id_proof_counter", "kiosk_id", "proof_counter", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
@@ -232,6 +236,10 @@ class Authorization(Base):
     settled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     board_txn: Mapped[int | None] = mapped_column(BigInteger)
     void_reason: Mapped[str | None] = mapped_column(String(64))
+    # Applied from a kiosk's offline batch (the kiosk approved it alone, within its caps).
+    offline: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Comma-separated flags for review: overdraft, stale, card_revoked (offline only).
+    flags: Mapped[str | None] = mapped_column(String(120))
 
 
 class Usage(Base):
@@ -290,3 +298,16 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(Text)  # canonical JSON
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class KioskEvent(Base):
+    """Telemetry a kiosk reported: heartbeat, stock, fault, door, temperature, power-up, ..."""
+
+    __tablename__ = "kiosk_events"
+    __table_args__ = (Index("ix_kiosk_events_kiosk_id_at", "kiosk_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kiosk_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"))
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)  # JSON

@@ -185,7 +185,9 @@ def evaluate(
     remaining = remaining_by_category(rules, usage, today)
     applicable = [rule for rule in rules if rule.category == category]
     if not applicable:
-        return Decision(False, Reason.NOT_ELIGIBLE, remaining, None, f"no entitlement to {category}")
+        return Decision(
+            False, Reason.NOT_ELIGIBLE, remaining, None, f"no entitlement to {category}"
+        )
     if not all(eligible(rule, holder, today) for rule in applicable):
         return Decision(False, Reason.NOT_ELIGIBLE, remaining, None, f"not eligible for {category}")
 

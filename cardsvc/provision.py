@@ -1,0 +1,114 @@
+"""Provisioning a card for a resident (technician side): the card makes its 9E key, the city
+card CA certifies it, and the certificate and the CHUID are written.
+
+Order of writes: the certificate first, the CHUID last. A card pulled midway has no CHUID for
+its new key, so it is never mistaken for an issued card; provisioning it again starts over
+(a new key, a new GUID unless the caller passes the old one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from .piv import (
+    DEFAULT_MANAGEMENT_KEY,
+    DEFAULT_PIN,
+    Algorithm,
+    ManagementKeyType,
+    ObjectId,
+    PivSession,
+    Slot,
+)
+from .profile import Chuid
+
+DEFAULT_VALID_DAYS = 5 * 365
+
+
+class CardIssuer(Protocol):
+    """What provisioning needs from the city card CA (local `CardCA`, or a server client)."""
+
+    def issue(
+        self, public_key: ec.EllipticCurvePublicKey, guid: bytes, not_after: datetime
+    ) -> bytes: ...
+
+    def sign_detached(self, content: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class ProvisionedCard:
+    guid: bytes
+    certificate_der: bytes
+    expiry: date
+    public_key_der: bytes
+
+
+def new_guid() -> bytes:
+    """A random card GUID (an RFC 4122 version-4 UUID)."""
+    return uuid.uuid4().bytes
+
+
+def diversify_management_key(
+    master_secret: bytes, guid: bytes, key_type: ManagementKeyType = ManagementKeyType.AES128
+) -> bytes:
+    """The card's own management key: HMAC-SHA256(master, "ONECARD-MGMT-v1" | GUID), cut."""
+    digest = hmac.new(master_secret, b"ONECARD-MGMT-v1\x00" + guid, hashlib.sha256).digest()
+    return digest[: key_type.key_length].ljust(key_type.key_length, b"\x00")
+
+
+def provision_card(
+    piv: PivSession,
+    ca: CardIssuer,
+    *,
+    management_key: bytes = DEFAULT_MANAGEMENT_KEY,
+    management_key_type: ManagementKeyType = ManagementKeyType.TDES,
+    valid_days: int = DEFAULT_VALID_DAYS,
+    guid: bytes | None = None,
+    new_management_key: tuple[ManagementKeyType, bytes] | None = None,
+    pin: str | None = None,
+    now: datetime | None = None,
+) -> ProvisionedCard:
+    """Provision the card behind `piv`; see the module docstring for the order of steps.
+
+    `new_management_key` replaces the management key at the end (issue the card its
+    diversified key); `pin` replaces the default PIN 123456.
+    """
+    now = now or datetime.now(UTC)
+    guid = guid or new_guid()
+    expiry = (now + timedelta(days=valid_days)).date()
+    not_after = datetime.combine(expiry, time(23, 59, 59), tzinfo=UTC)
+    piv.select()
+    piv.authenticate(management_key, management_key_type)
+    public_key = piv.generate_key(Slot.CARD_AUTH, Algorithm.ECCP256)
+    certificate = ca.issue(public_key, guid, not_after)
+    piv.put_certificate(Slot.CARD_AUTH, certificate)
+    unsigned = Chuid(guid, expiry)
+    chuid = Chuid(guid, expiry, unsigned.fasc_n, ca.sign_detached(unsigned.signed_content()))
+    piv.put_object(ObjectId.CHUID, chuid.to_bytes())
+    if pin is not None:
+        piv.change_pin(DEFAULT_PIN, pin)
+    if new_management_key is not None:
+        piv.set_management_key(*new_management_key)
+    return ProvisionedCard(
+        guid,
+        certificate,
+        expiry,
+        public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+    )
+
+
+__all__ = [
+    "DEFAULT_VALID_DAYS",
+    "CardIssuer",
+    "ProvisionedCard",
+    "diversify_management_key",
+    "new_guid",
+    "provision_card",
+]

@@ -1,0 +1,68 @@
+"""The demo walk itself, as `make demo` runs it: every part a real process on a real joint."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.pcscd
+def test_demo_once_walks_to_the_monthly_limit(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onecard.cli",
+            "demo",
+            "--once",
+            "--data-dir",
+            str(tmp_path / "demo"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    visits = re.findall(r"^Visit (\d+):", out, re.M)
+    outcomes = re.findall(r"^  => (\w+):", out, re.M)
+    # The seeded rule allows 3 a month: three dispenses, then the refusal.
+    assert outcomes == ["dispensed", "dispensed", "dispensed", "refused"], out
+    assert visits == ["1", "2", "3", "4"]
+    assert re.findall(r"slot stock left: (\d+)", out) == ["9", "8", "7"]
+    assert "allowance left: condoms 0" in out
+    for step in ("read card", "card proves", "verify offline", "authorize", "dispense", "settle"):
+        assert re.search(rf"^  {step}\s+\d+\.\d ms", out, re.M), f"no timed step {step!r}"
+    assert "onecard demo: OK" in out
+
+
+@pytest.mark.pcscd
+def test_demo_says_what_failed_when_the_data_dir_cannot_be_made(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onecard.cli",
+            "demo",
+            "--once",
+            "--data-dir",
+            str(blocker / "demo"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "onecard demo: FAILED" in proc.stderr
