@@ -29,7 +29,7 @@ from cardsvc.piv import PivSession
 from kiosk.board import BoardDriver, BoardError, DispenseOutcome, DispenseResult
 from kiosk.client import ServerClient
 from kiosk.errors import ServerProblemError, ServerUnavailableError
-from kiosk.journal import Journal, Txn, TxnState
+from kiosk.journal import TERMINAL, Journal, Txn, TxnState
 
 
 class TapOutcome(StrEnum):
@@ -275,14 +275,17 @@ class Kiosk:
         return doc
 
     def recover(self) -> list[tuple[int, TxnState]]:
-        """Finish every transaction a crash or an outage left open. Returns (txn id, new state)."""
+        """Finish every transaction a crash or an outage left open.
+
+        Returns (txn id, final state) for each transaction it settled; those it could not settle
+        yet (server or board unreachable) stay open in the journal for the next call."""
         done: list[tuple[int, TxnState]] = []
         for txn in self.journal.open_transactions():
             try:
                 state = self._recover_one(txn)
             except (ServerUnavailableError, BoardError):
                 continue  # still unreachable: try again at the next recovery
-            if state is not None:
+            if state in TERMINAL:
                 done.append((txn.id, state))
         return done
 

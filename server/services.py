@@ -471,7 +471,10 @@ def void(
             "this authorization was captured; a correction is a reversal",
             code="authorization_captured",
         )
-    return {"status": "voided"}
+    return {
+        "status": "voided",
+        "remaining": remaining_for_resident(session, ctx, authorization.resident_id),
+    }
 
 
 def _settle(
