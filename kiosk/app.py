@@ -17,9 +17,8 @@ from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from cardsvc.pcsc import PcscReader
-
 from cardsvc.errors import CardError
+from cardsvc.pcsc import PcscReader
 from kiosk.board import open_board
 from kiosk.client import ServerClient
 from kiosk.identity import load_or_create_device_key, public_key_b64

@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from cardsvc.profile import TapChallenge, prove, read_card
-from cardsvc.verify import verify_tap
-
 from cardsvc.errors import CardError, CardRemovedError, CardVerificationError
 from cardsvc.piv import PivSession
+from cardsvc.profile import TapChallenge, prove, read_card
+from cardsvc.verify import verify_tap
 from kiosk.board import BoardDriver, BoardError, DispenseOutcome, DispenseResult
 from kiosk.client import ServerClient
 from kiosk.errors import ServerProblemError, ServerUnavailableError

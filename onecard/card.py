@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 import requests
-from cardsvc.ca import CardCA
-from cardsvc.pcsc import PcscReader
-from cardsvc.provision import ProvisionedCard, provision_card
 
+from cardsvc.ca import CardCA
 from cardsvc.errors import CardError
+from cardsvc.pcsc import PcscReader
 from cardsvc.piv import PivSession
+from cardsvc.provision import ProvisionedCard, provision_card
 
 
 class IssueError(RuntimeError):
