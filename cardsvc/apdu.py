@@ -30,7 +30,7 @@ SHORT_MAX_DATA = 255
 SHORT_MAX_LE = 256
 EXTENDED_MAX_DATA = 65535
 EXTENDED_MAX_LE = 65536
-MAX_RESPONSE = 1 << 20  # response chaining stops here: no PIV object comes near it
+MAX_GET_RESPONSE = 256  # 64 KiB of short answers: more than any PIV object needs
 CLA_CHAINING = 0x10
 INS_GET_RESPONSE = 0xC0
 # VERIFY, CHANGE REFERENCE DATA, RESET RETRY COUNTER, SET MANAGEMENT KEY carry secrets.
@@ -239,9 +239,11 @@ class ApduProcessor:
             command = CommandApdu(cla, ins, p1, p2, chunks[-1], (sw & 0xFF) or 256)
             response, sw = self._exchange(command.to_bytes())
         buffer = bytearray(response)
+        rounds = 0
         while sw >> 8 == 0x61:
-            if len(buffer) > MAX_RESPONSE:
-                raise BadResponseError(f"the card keeps answering 61xx past {MAX_RESPONSE} bytes")
+            rounds += 1
+            if rounds > MAX_GET_RESPONSE:
+                raise BadResponseError("the card keeps answering 61xx (more data) without end")
             get_response = CommandApdu(0x00, INS_GET_RESPONSE, 0, 0, b"", (sw & 0xFF) or 256)
             response, sw = self._exchange(get_response.to_bytes())
             buffer += response

@@ -206,6 +206,9 @@ class VirtualPivCard:
         except (TlvError, ValueError) as exc:
             logger.debug("refused %s: %s", apdu.hex(), exc)
             return SW.INCORRECT_PARAMETERS.to_bytes(2, "big")
+        except Exception:  # a card never crashes: it answers "no precise diagnosis"
+            logger.exception("the virtual card failed on %s", apdu.hex())
+            return SW.UNKNOWN_ERROR.to_bytes(2, "big")
         ne = command.ne or (65536 if command.extended else 256)
         return self._respond(answer, ne)
 

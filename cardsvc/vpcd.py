@@ -17,7 +17,9 @@ so no APDU waits for Nagle or a delayed ACK.
 `VpcdLink` runs one card on one port in a thread: `insert()` connects (and reconnects if pcscd
 restarts), `remove()` disconnects, `pull_during_next_command()` drops the link when the next
 APDU arrives, as a card pulled mid-command. `main(argv)` is `onecard card-sim`, with a
-line-based control channel (`insert`, `remove`, `pull`, `status`, one line answered each).
+line-based control channel, one line answered each (starting "ok" or "error"):
+`insert`, `remove`, `swap FILE` (another card, from its state file, in the same reader),
+`pull` (the card leaves during the next command), `status`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +48,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 35963
 RECONNECT_INTERVAL = 0.2
+SWAP_PAUSE = 1.0
 
 CONTROL_POWER_OFF = 0x00
 CONTROL_POWER_ON = 0x01
@@ -53,7 +57,32 @@ CONTROL_GET_ATR = 0x04
 
 
 def frame(payload: bytes) -> bytes:
+    if len(payload) > 0xFFFF:
+        raise ValueError("a vpcd frame carries at most 65535 bytes")
     return len(payload).to_bytes(2, "big") + payload
+
+
+class FrameDecoder:
+    """Turns the byte stream from vpcd into payloads, however TCP splits or joins the frames."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        payloads = []
+        while len(self._buffer) >= 2:
+            length = int.from_bytes(self._buffer[:2], "big")
+            if len(self._buffer) < 2 + length:
+                break
+            payloads.append(bytes(self._buffer[2 : 2 + length]))
+            del self._buffer[: 2 + length]
+        return payloads
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not make a whole frame yet."""
+        return len(self._buffer)
 
 
 class VpcdLink:
@@ -151,7 +180,7 @@ class VpcdLink:
             logger.debug("card removed from %s:%d", self.host, self.port)
 
     def _serve(self, sock: socket.socket) -> None:
-        buffer = bytearray()
+        framer = FrameDecoder()
         quickack = getattr(socket, "TCP_QUICKACK", None)
         while True:
             if quickack is not None:
@@ -160,13 +189,7 @@ class VpcdLink:
             chunk = sock.recv(70000)
             if not chunk:
                 return
-            buffer += chunk
-            while len(buffer) >= 2:
-                length = int.from_bytes(buffer[:2], "big")
-                if len(buffer) < 2 + length:
-                    break
-                payload = bytes(buffer[2 : 2 + length])
-                del buffer[: 2 + length]
+            for payload in framer.feed(chunk):
                 reply = self._handle(payload)
                 if reply is _PULLED:
                     with self._lock:
@@ -200,7 +223,7 @@ class _ControlHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         control: _ControlServer = self.server.control  # type: ignore[attr-defined]
         for raw in self.rfile:
-            command = raw.decode(errors="replace").strip().lower()
+            command = raw.decode(errors="replace").strip()
             if not command:
                 continue
             answer = control.execute(command)
@@ -212,24 +235,44 @@ class _ControlServer:
     def __init__(self, link: VpcdLink, state_path: Path) -> None:
         self.link = link
         self.state_path = state_path
+        self._lock = threading.Lock()
 
-    def execute(self, command: str) -> str:
-        if command == "insert":
+    def execute(self, line: str) -> str:
+        verb, _, argument = line.partition(" ")
+        with self._lock:
+            return self._execute(verb.lower(), argument.strip())
+
+    def _execute(self, verb: str, argument: str) -> str:
+        if verb == "insert":
             ok = self.link.insert(wait=5.0)
             return "ok inserted" if ok else "error vpcd did not take the card (is pcscd running?)"
-        if command == "remove":
+        if verb == "remove":
             self.link.remove()
             return "ok removed"
-        if command == "pull":
+        if verb == "swap":
+            if not argument:
+                return "error swap needs the state file of the other card"
+            self.link.remove()
+            # pcscd polls a vpcd reader about every 400 ms: the first card must be seen to
+            # leave, or the host would take the new card for the old one (hands take longer).
+            time.sleep(SWAP_PAUSE)
+            try:
+                self.link.card = VirtualPivCard(argument)
+            except (OSError, ValueError) as exc:
+                return f"error cannot load {argument}: {exc}"
+            self.state_path = Path(argument)
+            ok = self.link.insert(wait=5.0)
+            return f"ok inserted {argument}" if ok else "error vpcd did not take the card"
+        if verb == "pull":
             self.link.pull_during_next_command()
             return "ok the card will be pulled during the next command"
-        if command == "status":
+        if verb == "status":
             state = "inserted" if self.link.inserted else "removed"
             return (
                 f"ok {state} serial={self.link.card.serial} apdus={self.link.apdus} "
                 f"state={self.state_path!s}"
             )
-        return f"error unknown command {command!r} (insert, remove, pull, status)"
+        return f"error unknown command {verb!r} (insert, remove, swap FILE, pull, status)"
 
 
 class _TcpControl(socketserver.ThreadingMixIn, socketserver.TCPServer):

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "server": ("server.cli", "the central server: run, init-db, seed-demo, add-kiosk, create-user"),
     "kiosk": ("kiosk.app", "the kiosk: run, keygen"),
     "card": ("onecard.card", "technician card commands: issue-demo"),
+    "cardsvc serve": ("cardsvc.service", "the local card service for station and technician desks: serve"),
     "card-sim": ("cardsvc.vpcd", "a virtual PIV card on pcscd's vpcd driver"),
     "board-sim": ("firmware_protocols.simulator", "a simulated vending-machine controller board"),
 }
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(), end="")
         return 0
     name, rest = args[0], args[1:]
+    if " ".join(args[:2]) in COMMANDS:  # a two-word command, such as `cardsvc serve`
+        name, rest = " ".join(args[:2]), args[2:]
     if name not in COMMANDS:
         print(f"onecard: unknown command {name!r}\n\n{usage()}", end="", file=sys.stderr)
         return 2

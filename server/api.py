@@ -134,6 +134,16 @@ def _spend_nonce_anyway(response: Response) -> Response:
     return response
 
 
+def authenticated_device(kind: str) -> Kiosk:
+    """An authenticated kiosk or station, refused (403) when it is the other kind of device."""
+    device = authenticated_kiosk()
+    if device.kind != kind:
+        raise Forbidden(
+            f"this call is for a {kind}, and {device.id} is a {device.kind}", code="wrong_device"
+        )
+    return device
+
+
 def idempotency_key(required: bool = True) -> str | None:
     key = request.headers.get(requestsig.HEADER_IDEMPOTENCY)
     if key is None:
@@ -180,7 +190,7 @@ def health() -> Response:
 
 @api.post("/authorizations")
 def create_authorization() -> tuple[Response, int]:
-    kiosk = authenticated_kiosk()
+    kiosk = authenticated_device("kiosk")
     key = idempotency_key()
     body = json_body()
     proof = body.get("proof")
@@ -205,7 +215,7 @@ def create_authorization() -> tuple[Response, int]:
 
 @api.post("/authorizations/<authorization_id>/capture")
 def capture_authorization(authorization_id: str) -> tuple[Response, int]:
-    kiosk = authenticated_kiosk()
+    kiosk = authenticated_device("kiosk")
     key = idempotency_key()
     body = json_body()
     board_txn = field_int(body, "board_txn", 0, U32, optional=True)
@@ -219,7 +229,7 @@ def capture_authorization(authorization_id: str) -> tuple[Response, int]:
 
 @api.post("/authorizations/<authorization_id>/void")
 def void_authorization(authorization_id: str) -> tuple[Response, int]:
-    kiosk = authenticated_kiosk()
+    kiosk = authenticated_device("kiosk")
     key = idempotency_key()
     body = json_body()
     reason = field_str(body, "reason", 64)
@@ -271,7 +281,7 @@ MAX_SYNC_ITEMS = 500
 @api.post("/sync")
 def sync_offline_transactions() -> tuple[Response, int]:
     """A batch of taps the kiosk served offline; each applied exactly once."""
-    kiosk = authenticated_kiosk()
+    kiosk = authenticated_device("kiosk")
     key = idempotency_key()
     body = json_body()
     raw_items = body.get("transactions")
@@ -333,7 +343,7 @@ def kiosk_configuration() -> Response:
 @api.post("/telemetry")
 def kiosk_telemetry() -> tuple[Response, int]:
     """Heartbeat: stock per slot, faults, door, temperature, board counters."""
-    kiosk = authenticated_kiosk()
+    kiosk = authenticated_device("kiosk")
     key = idempotency_key()
     body = json_body()
     raw_stock = body.get("stock", {})
@@ -597,6 +607,56 @@ def monthly_report() -> Response:
     rows = services.monthly_report(session, year)
     session.rollback()
     return jsonify({"year": year, "suppressed_below": services.SMALL_COUNT, "rows": rows})
+
+
+@api.post("/exams/eligibility")
+def exam_eligibility() -> tuple[Response, int]:
+    """A card tapped at a service station: each exam programme, eligible or not, why, from when."""
+    station = authenticated_device("station")
+    key = idempotency_key()
+    body = json_body()
+    proof = _proof_field(body)
+    station_id = station.id
+    return answer_once(
+        f"kiosk:{station_id}",
+        key,
+        lambda: (200, services.exam_eligibility(db.session, _ctx(), station_id, proof)),
+    )
+
+
+@api.post("/exams/records")
+def record_exam() -> tuple[Response, int]:
+    """Record that an exam was given (programme, station, date, staff), never its results."""
+    station = authenticated_device("station")
+    key = idempotency_key()
+    body = json_body()
+    proof = _proof_field(body)
+    programme = field_str(body, "programme", 40)
+    staff = body.get("staff")
+    if staff is not None and (not isinstance(staff, str) or not 1 <= len(staff) <= 120):
+        raise InvalidRequest(
+            "staff must be a string of 1 to 120 characters", code="field_invalid", field="staff"
+        )
+    station_id = station.id
+    return answer_once(
+        f"kiosk:{station_id}",
+        key,
+        lambda: (
+            201,
+            services.record_exam(db.session, _ctx(), station_id, proof, programme, staff),
+        ),
+    )
+
+
+def _proof_field(body: dict[str, Any]) -> dict[str, Any]:
+    proof = body.get("proof")
+    if not isinstance(proof, dict):
+        raise InvalidRequest(
+            "proof must be an object",
+            code="field_missing" if proof is None else "field_invalid",
+            field="proof",
+        )
+    return proof
 
 
 @api.get("/reservations")

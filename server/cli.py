@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     kiosk.add_argument("--public-key", required=True, help="base64 of the raw 32-byte Ed25519 key")
     kiosk.add_argument("--slot", action="append", default=[], metavar="N=SKU", help="repeatable")
     kiosk.add_argument("--region", help="region code (default: the root region)")
+    station = commands.add_parser("add-station", help="register a service station's device key")
+    station.add_argument("--id", required=True, dest="station_id")
+    station.add_argument(
+        "--public-key", required=True, help="base64 of the raw 32-byte Ed25519 key"
+    )
+    station.add_argument("--region", help="region code (default: the root region)")
     user = commands.add_parser("create-user", help="create a staff user; prints its bearer token")
     user.add_argument("--name", required=True)
     user.add_argument("--role", required=True, choices=[r.value for r in Role])
@@ -94,6 +100,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                         {"kiosk_id": kiosk.id, "slots": {str(k): v for k, v in slots.items()}}
                     )
                 )
+            elif args.command == "add-station":
+                station = services.add_station(
+                    session, ctx, args.station_id, args.public_key, region_code=args.region
+                )
+                print(json.dumps({"station_id": station.id}))
             elif args.command == "verify-audit":
                 from server.audit import verify_chain
 

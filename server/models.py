@@ -196,6 +196,9 @@ class Kiosk(Base):
     last_counter: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # "kiosk" (dispenses) or "station" (a service station's desk: exam eligibility and records).
+    # Both sign their requests and make card proofs the same way.
+    kind: Mapped[str] = mapped_column(String(10), default="kiosk", server_default="kiosk")
 
 
 class KioskSlot(Base):
@@ -311,3 +314,36 @@ class KioskEvent(Base):
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text)  # JSON
+
+
+class ExamProgramme(Base):
+    """A free exam programme, as data: who it serves and how often (server.exams evaluates it)."""
+
+    __tablename__ = "exam_programmes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(40), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    sexes: Mapped[str | None] = mapped_column(String(10))  # NULL: anyone
+    min_age: Mapped[int | None] = mapped_column(Integer)
+    max_age: Mapped[int | None] = mapped_column(Integer)
+    interval_days: Mapped[int | None] = mapped_column(Integer)  # NULL with once: never again
+    once: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class ExamRecord(Base):
+    """That an exam was given: programme, station, date, staff. Never its results."""
+
+    __tablename__ = "exam_records"
+    __table_args__ = (
+        Index("ix_exam_records_resident_id_programme_id", "resident_id", "programme_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    programme_id: Mapped[int] = mapped_column(ForeignKey("exam_programmes.id"))
+    resident_id: Mapped[int] = mapped_column(ForeignKey("residents.id"))
+    station_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"))
+    given_on: Mapped[dt.date] = mapped_column(Date)
+    staff: Mapped[str | None] = mapped_column(String(120))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

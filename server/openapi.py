@@ -42,6 +42,8 @@ def _kiosk_post(
     *,
     path_id: bool = False,
     unprocessable: str = "the Idempotency-Key was used for a different request",
+    status: str = "200",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
@@ -58,11 +60,15 @@ def _kiosk_post(
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
         },
         "responses": {
-            "200": ok,
+            status: ok,
+            **(extra or {}),
             "400": _problem("invalid JSON, a field of the wrong type or range, no Idempotency-Key"),
             "401": _problem(
                 "kiosk signature missing or wrong, stale timestamp, replayed nonce, "
                 "unknown or disabled kiosk"
+            ),
+            "403": _problem(
+                "a device of the other kind (kiosk / station), or a proof made elsewhere"
             ),
             "413": _problem("body larger than 64 KiB"),
             "422": _problem(unprocessable),
@@ -81,7 +87,6 @@ def _kiosk_post(
         operation["responses"]["404"] = _problem("no such authorization for this kiosk")
         operation["responses"]["409"] = _problem("already settled the other way")
     else:
-        operation["responses"]["403"] = _problem("the proof was made for another kiosk")
         operation["responses"]["503"] = _problem("the card CA is not configured")
     return operation
 
@@ -348,6 +353,28 @@ def document() -> dict[str, Any]:
                     ),
                 )
             },
+            "/api/v1/exams/eligibility": {
+                "post": _kiosk_post(
+                    "A card tapped at a station (station device): each programme, eligible or not",
+                    "TapRequest",
+                    _json({"$ref": "#/components/schemas/ExamEligibility"}, "per programme"),
+                    unprocessable="the card could not be identified (code: card_unknown, card_revoked, "
+                    "proof_invalid, proof_stale, counter_replayed), or an Idempotency-Key reused",
+                )
+            },
+            "/api/v1/exams/records": {
+                "post": _kiosk_post(
+                    "Record that an exam was given (station device); never its results",
+                    "ExamRecordRequest",
+                    _json({"$ref": "#/components/schemas/ExamRecordAnswer"}, "recorded"),
+                    status="201",
+                    unprocessable="the card could not be identified, or an Idempotency-Key reused",
+                    extra={
+                        "404": _problem("no such programme"),
+                        "409": _problem("not eligible now (reason, next_eligible_on)"),
+                    },
+                )
+            },
             "/api/v1/telemetry": {
                 "post": _kiosk_post(
                     "Heartbeat: stock per slot, faults and other events",
@@ -564,8 +591,11 @@ def document() -> dict[str, Any]:
                 },
                 "VoidAnswer": {
                     "type": "object",
-                    "required": ["status"],
-                    "properties": {"status": {"const": "voided"}},
+                    "required": ["status", "remaining"],
+                    "properties": {
+                        "status": {"const": "voided"},
+                        "remaining": {"$ref": "#/components/schemas/Remaining"},
+                    },
                 },
                 "CardRequest": {
                     "type": "object",
@@ -889,6 +919,69 @@ def document() -> dict[str, Any]:
                                 },
                             },
                         },
+                    },
+                },
+                "TapRequest": {
+                    "type": "object",
+                    "required": ["proof"],
+                    "properties": {"proof": {"$ref": "#/components/schemas/Proof"}},
+                },
+                "ExamRecordRequest": {
+                    "type": "object",
+                    "required": ["proof", "programme"],
+                    "properties": {
+                        "proof": {"$ref": "#/components/schemas/Proof"},
+                        "programme": {"type": "string", "minLength": 1, "maxLength": 40},
+                        "staff": {"type": "string", "minLength": 1, "maxLength": 120},
+                    },
+                },
+                "ExamEligibility": {
+                    "type": "object",
+                    "required": ["programmes"],
+                    "properties": {
+                        "programmes": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": [
+                                    "programme",
+                                    "name",
+                                    "eligible",
+                                    "reason",
+                                    "next_eligible_on",
+                                ],
+                                "properties": {
+                                    "programme": {"type": "string"},
+                                    "name": {"type": "string"},
+                                    "eligible": {"type": "boolean"},
+                                    "reason": {
+                                        "type": ["string", "null"],
+                                        "enum": [
+                                            None,
+                                            "inactive",
+                                            "sex_not_served",
+                                            "too_young",
+                                            "too_old",
+                                            "already_given",
+                                            "too_soon",
+                                        ],
+                                    },
+                                    "next_eligible_on": {
+                                        "type": ["string", "null"],
+                                        "format": "date",
+                                    },
+                                },
+                            },
+                        }
+                    },
+                },
+                "ExamRecordAnswer": {
+                    "type": "object",
+                    "required": ["record_id", "programme", "given_on"],
+                    "properties": {
+                        "record_id": {"type": "integer"},
+                        "programme": {"type": "string"},
+                        "given_on": {"type": "string", "format": "date"},
                     },
                 },
                 "ReservationPage": {

@@ -45,7 +45,7 @@ from cardsvc.verify import (
     verify_certificate,
     verify_tap,
 )
-from server import audit, rules
+from server import audit, exams, rules
 from server.errors import (
     ApiError,
     Conflict,
@@ -64,6 +64,8 @@ from server.models import (
     CardStatus,
     Category,
     EntitlementRule,
+    ExamProgramme,
+    ExamRecord,
     IdempotencyRecord,
     Kiosk,
     KioskEvent,
@@ -338,6 +340,54 @@ def refusal(
     }
 
 
+def check_tap(
+    session: Session, ctx: Context, device_id: str, challenge: TapChallenge, signature: bytes
+) -> tuple[Card, dt.datetime] | dict[str, Any]:
+    """The card behind a tap at a kiosk or station, or a refusal: the card is registered and
+    active, the tap is fresh, the proof verifies with the certificate recorded at issuance, and
+    the device's counter grows (advanced here, so a proof is used once)."""
+    card = session.scalar(select(Card).where(Card.guid == challenge.card_guid.hex()))
+    if card is None:
+        return refusal(RefusalReason.CARD_UNKNOWN, "this card is not registered")
+    if card.status is not CardStatus.ACTIVE:
+        return refusal(RefusalReason.CARD_REVOKED, f"this card is {card.status.value}")
+    now = ctx.now()
+    if abs(challenge.time_ms / 1000 - now.timestamp()) > ctx.clock_skew:
+        return refusal(RefusalReason.PROOF_STALE, "the tap is too old or from the future")
+    try:
+        verify_tap(
+            _parsed_certificate(card.certificate),
+            _parsed_certificate(ctx.card_ca_der),  # type: ignore[arg-type]
+            challenge,
+            signature,
+            now=now,
+        )
+    except CardVerificationError as exc:
+        return refusal(_VERIFICATION_REASON.get(exc.reason, RefusalReason.PROOF_INVALID), str(exc))
+    advanced = session.execute(
+        update(Kiosk)
+        .where(Kiosk.id == device_id, Kiosk.last_counter < challenge.counter)
+        .values(last_counter=challenge.counter)
+        .execution_options(synchronize_session=False)
+    )
+    if advanced.rowcount != 1:  # type: ignore[attr-defined]
+        return refusal(RefusalReason.COUNTER_REPLAYED, "this tap was already used")
+    return card, now
+
+
+def parse_tap(proof: Any, device_id: str, ctx: Context) -> tuple[TapChallenge, bytes]:
+    """A proof's challenge and signature, made at this device; 400/403/503 otherwise."""
+    try:
+        challenge, signature = TapChallenge.from_json(proof)
+    except CardVerificationError as exc:
+        raise InvalidRequest(f"proof: {exc.detail or exc}", code="proof_malformed") from exc
+    if challenge.kiosk_id != device_id:
+        raise Forbidden("the proof was made at another device", code="kiosk_mismatch")
+    if ctx.card_ca_der is None:
+        raise ServiceUnavailable("the card CA is not configured", code="card_ca_not_configured")
+    return challenge, signature
+
+
 def authorize(
     session: Session, ctx: Context, kiosk_id: str, proof: Any, slot: int, quantity: int
 ) -> dict[str, Any]:
@@ -346,15 +396,7 @@ def authorize(
     Returns the JSON answer (approved or refused, both 200). Raises ApiError for requests that are
     malformed or not this kiosk's to make.
     """
-    try:
-        challenge, signature = TapChallenge.from_json(proof)
-    except CardVerificationError as exc:
-        raise InvalidRequest(f"proof: {exc.detail or exc}", code="proof_malformed") from exc
-    if challenge.kiosk_id != kiosk_id:
-        raise Forbidden("the proof was made for another kiosk", code="kiosk_mismatch")
-    if ctx.card_ca_der is None:
-        raise ServiceUnavailable("the card CA is not configured", code="card_ca_not_configured")
-
+    challenge, signature = parse_tap(proof, kiosk_id, ctx)
     slot_row = session.scalar(
         select(KioskSlot)
         .where(KioskSlot.kiosk_id == kiosk_id, KioskSlot.slot == slot)
@@ -364,34 +406,10 @@ def authorize(
         return refusal(RefusalReason.SLOT_UNKNOWN, f"slot {slot} holds no product")
     product = slot_row.product
 
-    card = session.scalar(select(Card).where(Card.guid == challenge.card_guid.hex()))
-    if card is None:
-        return refusal(RefusalReason.CARD_UNKNOWN, "this card is not registered")
-    if card.status is not CardStatus.ACTIVE:
-        return refusal(RefusalReason.CARD_REVOKED, f"this card is {card.status.value}")
-
-    now = ctx.now()
-    if abs(challenge.time_ms / 1000 - now.timestamp()) > ctx.clock_skew:
-        return refusal(RefusalReason.PROOF_STALE, "the tap is too old or from the future")
-    try:
-        verify_tap(
-            _parsed_certificate(card.certificate),
-            _parsed_certificate(ctx.card_ca_der),
-            challenge,
-            signature,
-            now=now,
-        )
-    except CardVerificationError as exc:
-        return refusal(_VERIFICATION_REASON.get(exc.reason, RefusalReason.PROOF_INVALID), str(exc))
-
-    advanced = session.execute(
-        update(Kiosk)
-        .where(Kiosk.id == kiosk_id, Kiosk.last_counter < challenge.counter)
-        .values(last_counter=challenge.counter)
-        .execution_options(synchronize_session=False)
-    )
-    if advanced.rowcount != 1:  # type: ignore[attr-defined]
-        return refusal(RefusalReason.COUNTER_REPLAYED, "this tap was already used")
+    checked = check_tap(session, ctx, kiosk_id, challenge, signature)
+    if isinstance(checked, dict):
+        return checked
+    card, now = checked
 
     # The person's row lock serialises every authorization of this person (PostgreSQL);
     # SQLite holds the database write lock since BEGIN IMMEDIATE.
@@ -1034,6 +1052,178 @@ def record_telemetry(
     return {"status": "ok", "revocation_version": version}
 
 
+# --- exams at service stations --------------------------------------------------------------------
+
+DEMO_PROGRAMMES = [
+    exams.Programme(
+        "pre_pregnancy",
+        "Free pre-pregnancy exam",
+        frozenset("FM"),
+        min_age=20,
+        max_age=49,
+        once=True,
+    ),
+    exams.Programme(
+        "reproductive_health_check",
+        "Yearly reproductive-health check",
+        frozenset("F"),
+        min_age=21,
+        max_age=64,
+        interval_days=365,
+    ),
+]
+
+
+def seed_exam_programmes(session: Session) -> None:
+    """The two example programmes of issue 5, as data; idempotent. No commit."""
+    for programme in DEMO_PROGRAMMES:
+        if (
+            session.scalar(select(ExamProgramme.id).where(ExamProgramme.code == programme.code))
+            is None
+        ):
+            session.add(
+                ExamProgramme(
+                    code=programme.code,
+                    name=programme.name,
+                    sexes="".join(sorted(programme.sexes)) or None,
+                    min_age=programme.min_age,
+                    max_age=programme.max_age,
+                    interval_days=programme.interval_days,
+                    once=programme.once,
+                    active=True,
+                )
+            )
+    session.flush()
+
+
+def _programmes(session: Session) -> list[tuple[int, exams.Programme]]:
+    rows = session.scalars(
+        select(ExamProgramme).where(ExamProgramme.active.is_(True)).order_by(ExamProgramme.id)
+    ).all()
+    return [
+        (
+            row.id,
+            exams.Programme(
+                row.code,
+                row.name,
+                frozenset(row.sexes or ""),
+                row.min_age,
+                row.max_age,
+                row.interval_days,
+                row.once,
+            ),
+        )
+        for row in rows
+    ]
+
+
+def _identify(
+    session: Session, ctx: Context, station_id: str, proof: Any
+) -> tuple[Resident, dt.date]:
+    challenge, signature = parse_tap(proof, station_id, ctx)
+    checked = check_tap(session, ctx, station_id, challenge, signature)
+    if isinstance(checked, dict):
+        raise Unprocessable(checked["message"], code=checked["reason"])
+    card, now = checked
+    resident = session.get(Resident, card.resident_id)
+    assert resident is not None
+    return resident, ctx.today(now)
+
+
+def _decisions(
+    session: Session, ctx: Context, resident: Resident, today: dt.date
+) -> list[tuple[int, exams.Programme, exams.ExamDecision]]:
+    holder = holder_of(ctx, resident)
+    history: dict[int, list[dt.date]] = defaultdict(list)
+    for programme_id, given_on in session.execute(
+        select(ExamRecord.programme_id, ExamRecord.given_on).where(
+            ExamRecord.resident_id == resident.id
+        )
+    ):
+        history[programme_id].append(given_on)
+    return [
+        (pid, programme, exams.evaluate(programme, holder, history[pid], today))
+        for pid, programme in _programmes(session)
+    ]
+
+
+def _decision_view(programme: exams.Programme, decision: exams.ExamDecision) -> dict[str, Any]:
+    return {
+        "programme": programme.code,
+        "name": programme.name,
+        "eligible": decision.eligible,
+        "reason": decision.reason.value if decision.reason else None,
+        "next_eligible_on": decision.next_eligible_on.isoformat()
+        if decision.next_eligible_on
+        else None,
+    }
+
+
+def exam_eligibility(session: Session, ctx: Context, station_id: str, proof: Any) -> dict[str, Any]:
+    """A card tapped at a station: every programme, eligible or not, why, and from when. Nothing
+    about the person beyond that."""
+    resident, today = _identify(session, ctx, station_id, proof)
+    return {
+        "programmes": [
+            _decision_view(programme, decision)
+            for _pid, programme, decision in _decisions(session, ctx, resident, today)
+        ]
+    }
+
+
+def record_exam(
+    session: Session,
+    ctx: Context,
+    station_id: str,
+    proof: Any,
+    programme_code: str,
+    staff: str | None,
+) -> dict[str, Any]:
+    """Record that an exam was given today at this station (the card is tapped again: the person
+    is present). Refused with 409 when the person is not eligible. Never stores results."""
+    resident, today = _identify(session, ctx, station_id, proof)
+    session.scalar(select(Resident.id).where(Resident.id == resident.id).with_for_update())
+    for pid, programme, decision in _decisions(session, ctx, resident, today):
+        if programme.code != programme_code:
+            continue
+        if not decision.eligible:
+            raise Conflict(
+                f"not eligible for {programme.name}: {decision.reason}",
+                code="not_eligible",
+                reason=decision.reason.value if decision.reason else None,
+                next_eligible_on=decision.next_eligible_on.isoformat()
+                if decision.next_eligible_on
+                else None,
+            )
+        record = ExamRecord(
+            programme_id=pid,
+            resident_id=resident.id,
+            station_id=station_id,
+            given_on=today,
+            staff=staff,
+            created_at=ctx.now(),
+        )
+        session.add(record)
+        session.flush()
+        return {"record_id": record.id, "programme": programme.code, "given_on": today.isoformat()}
+    raise NotFound(f"no programme {programme_code}", code="programme_unknown")
+
+
+def add_station(
+    session: Session,
+    ctx: Context,
+    station_id: str,
+    public_key_b64: str,
+    *,
+    region_code: str | None = None,
+) -> Kiosk:
+    """Register a service station's desk device (signs like a kiosk, serves exams). Commits."""
+    station = add_kiosk(session, ctx, station_id, public_key_b64, {}, region_code=region_code)
+    station.kind = "station"
+    session.commit()
+    return station
+
+
 # --- reports ---------------------------------------------------------------------------------------
 
 SMALL_COUNT = 5
@@ -1311,6 +1501,7 @@ def seed_demo(session: Session, ctx: Context) -> DemoSeed:
     )
     _get_or_add_region(session, "C01-T02", "Hill Town", RegionKind.TOWN, city)
     seed_catalog(session)
+    seed_exam_programmes(session)
     resident = enrol_resident(
         session,
         ctx,

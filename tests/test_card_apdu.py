@@ -184,3 +184,12 @@ def test_traffic_log_withholds_pins(caplog: pytest.LogCaptureFixture) -> None:
     text = caplog.text
     assert "313233343536" not in text and "withheld" in text
     assert "00fd000000" in text
+
+
+def test_endless_61xx_is_refused() -> None:
+    class Endless:
+        def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+            return b"", 0x6100
+
+    with pytest.raises(BadResponseError, match="without end"):
+        ApduProcessor(Endless()).send(0x00, 0xCB, 0x3F, 0xFF, b"\x5c\x01\x7e")

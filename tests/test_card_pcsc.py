@@ -18,6 +18,7 @@ from cardsvc.errors import (
     CardRemovedError,
     CardVerificationError,
     NoReaderError,
+    NotFoundError,
     PcscdUnavailableError,
     VerificationFailure,
 )
@@ -260,6 +261,14 @@ def test_card_sim_process_is_tapped_through_its_control_channel(
             assert connection is not None
             with connection:
                 issued = provision_card(PivSession(connection), ca)
+            # Another card into the same reader, without restarting anything.
+            other = tmp_path / "Other Card.json"
+            assert send_control(control, f"swap {other}") == f"ok inserted {other}"
+            connection = reader.wait_for_card(timeout=10)
+            assert connection is not None
+            with connection, pytest.raises(NotFoundError):
+                read_card(PivSession(connection))  # a blank card: not the one just issued
+            assert send_control(control, f"swap {state}").startswith("ok inserted")
             assert send_control(control, "remove") == "ok removed"
             assert reader.wait_for_removal(timeout=10)
             assert send_control(control, "bogus").startswith("error")

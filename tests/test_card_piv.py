@@ -36,6 +36,7 @@ from cardsvc.piv import (
     certificate_object,
     parse_certificate_object,
 )
+from cardsvc.tlv import Tlv
 from cardsvc.vcard import VirtualPivCard
 
 
@@ -342,3 +343,37 @@ def test_garbage_answers_raise_only_card_errors(data: bytes, sw: int) -> None:
     for call in calls:
         with contextlib.suppress(CardError):
             call()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([0x00, 0x10, 0x80]),
+    st.sampled_from([0x20, 0x24, 0x2C, 0x47, 0x87, 0xA4, 0xC0, 0xCB, 0xDB, 0xF8, 0xFB, 0xFD, 0xFF]),
+    st.sampled_from([0x00, 0x03, 0x04, 0x08, 0x11, 0x3F, 0xFF]),
+    st.sampled_from([0x00, 0x80, 0x81, 0x9A, 0x9B, 0x9C, 0x9E, 0xFF]),
+    st.one_of(
+        st.binary(max_size=80),
+        st.builds(
+            lambda tag, value: Tlv(tag, value).to_bytes(),
+            st.sampled_from([0x5C, 0x7C, 0xAC, 0x9B]),
+            st.binary(max_size=40),
+        ),
+    ),
+    st.booleans(),
+)
+def test_the_applet_answers_any_command_with_a_status_word(
+    cla: int,
+    ins: int,
+    p1: int,
+    p2: int,
+    data: bytes,
+    authed: bool,
+) -> None:
+    from cardsvc.apdu import CommandApdu
+
+    card = VirtualPivCard(None)
+    card.session.management = authed
+    card.session.pin_verified = authed
+    answer = card.process(CommandApdu(cla, ins, p1, p2, data, 256).to_bytes())
+    assert len(answer) >= 2
+    assert answer[-2] in (0x90, 0x61, 0x63, 0x67, 0x69, 0x6A, 0x6B, 0x6D, 0x6E)  # never 6F00

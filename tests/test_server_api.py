@@ -56,7 +56,10 @@ def test_void_releases_the_unit(server_world: ServerWorld) -> None:
     w = server_world
     first = w.authorize().get_json()
     assert first["remaining"] == {"condoms": 2}
-    assert w.void(first["authorization_id"]).get_json() == {"status": "voided"}
+    assert w.void(first["authorization_id"]).get_json() == {
+        "status": "voided",
+        "remaining": {"condoms": 3},
+    }
     second = w.authorize().get_json()
     assert second["approved"] and second["remaining"] == {"condoms": 2}
 
@@ -85,7 +88,7 @@ def test_capture_and_void_are_idempotent_and_exclusive(server_world: ServerWorld
     assert problem(w.void(a))["code"] == "authorization_captured"
     b = w.authorize().get_json()["authorization_id"]
     assert w.void(b).status_code == 200
-    assert w.void(b).get_json() == {"status": "voided"}
+    assert w.void(b).get_json() == {"status": "voided", "remaining": {"condoms": 2}}
     assert problem(w.capture(b))["code"] == "authorization_voided"
     # Two captured-or-voided settle to one charge: one captured unit, one released.
     assert w.authorize().get_json()["remaining"] == {"condoms": 1}

@@ -52,7 +52,8 @@ def test_kiosk_client_void_and_retry(server_world: ServerWorld, live_server: str
         assert again == first
         assert first.authorization_id is not None
         assert client.void(first.authorization_id, "no_drop", idempotency_key="void-1") == {
-            "status": "voided"
+            "status": "voided",
+            "remaining": {"condoms": 3},
         }
         try:
             client.capture(first.authorization_id, board_txn=1, idempotency_key="cap-1")
