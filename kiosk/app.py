@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
@@ -145,8 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         reader=args.reader,
         slot=args.slot,
     )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(
+        f"kiosk {config.kiosk_id} ready: waiting for cards, server {config.server_url}", flush=True
+    )
     try:
-        run(config)
+        run(config, stop=stop)
     except KeyboardInterrupt:
         return 0
     except CardError as exc:

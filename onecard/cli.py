@@ -18,7 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "server": ("server.cli", "the central server: run, init-db, seed-demo, add-kiosk, create-user"),
     "kiosk": ("kiosk.app", "the kiosk: run, keygen"),
     "card": ("onecard.card", "technician card commands: issue-demo"),
-    "cardsvc serve": ("cardsvc.service", "the local card service for station and technician desks: serve"),
+    "cardsvc serve": (
+        "cardsvc.service",
+        "the local card service for station and technician desks: serve",
+    ),
     "card-sim": ("cardsvc.vpcd", "a virtual PIV card on pcscd's vpcd driver"),
     "board-sim": ("firmware_protocols.simulator", "a simulated vending-machine controller board"),
 }

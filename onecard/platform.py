@@ -90,6 +90,29 @@ class Platform:
     reader: PcscReader
     seed: Any
     card_guid: str
+    device_key_dir: Path
+    in_process: _KioskParts | None = None
+
+    @property
+    def kiosk(self) -> Kiosk:
+        return self._parts().kiosk
+
+    @property
+    def board(self) -> BoardDriver:
+        return self._parts().board
+
+    @property
+    def client(self) -> ServerClient:
+        return self._parts().client
+
+    def _parts(self) -> _KioskParts:
+        if self.in_process is None:
+            raise PlatformError("this platform was started without an in-process kiosk")
+        return self.in_process
+
+
+@dataclass(frozen=True)
+class _KioskParts:
     kiosk: Kiosk
     board: BoardDriver
     client: ServerClient
@@ -109,8 +132,12 @@ def start_platform(
     say: Callable[[str], None] = quiet,
     board_args: Sequence[str] = (),
     slots: str = f"{SLOT}={SLOT_STOCK},2={SLOT_STOCK}",
+    kiosk: bool = True,
 ) -> Iterator[Platform]:
-    """Start every part in `data_dir` (which must be empty or absent) and yield them."""
+    """Start every part in `data_dir` (which must be empty or absent) and yield them.
+
+    With `kiosk=False` no kiosk is built in this process, so a kiosk process of its own
+    (`onecard kiosk run`) can open the board and use the device key in `device_key_dir`."""
     data_dir.mkdir(parents=True, exist_ok=True)
     if any(data_dir.iterdir()):
         raise PlatformError(f"{data_dir} is not empty")
@@ -194,16 +221,7 @@ def start_platform(
         )
         say(f"             card GUID {guid}, for resident #{seed.resident_id}")
 
-        journal = stack.enter_context(Journal(data_dir / "kiosk" / "journal.sqlite3"))
-        board = stack.enter_context(closing(open_board(device)))
-        client = stack.enter_context(ServerClient(server_url, KIOSK_ID, device_key))
-        kiosk = Kiosk(
-            kiosk_id=KIOSK_ID,
-            journal=journal,
-            server=client,
-            board=board,
-            ca_certificate_der=ca.certificate_der,
-        )
+        parts = _open_kiosk(stack, data_dir, device, server_url, ca) if kiosk else None
         yield Platform(
             data_dir=data_dir,
             ca=ca,
@@ -217,10 +235,26 @@ def start_platform(
             reader=reader,
             seed=seed,
             card_guid=guid,
-            kiosk=kiosk,
-            board=board,
-            client=client,
+            device_key_dir=data_dir / "kiosk",
+            in_process=parts,
         )
+
+
+def _open_kiosk(
+    stack: ExitStack, data_dir: Path, device: str, server_url: str, ca: CardCA
+) -> _KioskParts:
+    device_key = load_or_create_device_key(data_dir / "kiosk")
+    journal = stack.enter_context(Journal(data_dir / "kiosk" / "journal.sqlite3"))
+    board = stack.enter_context(closing(open_board(device)))
+    client = stack.enter_context(ServerClient(server_url, KIOSK_ID, device_key))
+    kiosk = Kiosk(
+        kiosk_id=KIOSK_ID,
+        journal=journal,
+        server=client,
+        board=board,
+        ca_certificate_der=ca.certificate_der,
+    )
+    return _KioskParts(kiosk, board, client)
 
 
 def start_server(env: dict[str, str], port: int) -> Child:

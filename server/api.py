@@ -659,6 +659,118 @@ def _proof_field(body: dict[str, Any]) -> dict[str, Any]:
     return proof
 
 
+STAFF_WHO_BOOK = (Role.ADMINISTRATOR, Role.STATION_STAFF)
+
+
+@api.get("/stations/<station_id>/slots")
+def station_slots(station_id: str) -> Response:
+    """A station's appointment slots on a day, with which are free (station staff)."""
+    session = db.session
+    user = _staff(*STAFF_WHO_BOOK)
+    try:
+        day = dt.date.fromisoformat(request.args.get("date", ""))
+    except ValueError:
+        raise InvalidRequest(
+            "date must be YYYY-MM-DD", code="field_invalid", field="date"
+        ) from None
+    slots = services.station_slots(session, _ctx(), user, station_id, day)
+    session.rollback()
+    return jsonify({"station_id": station_id, "date": day.isoformat(), "slots": slots})
+
+
+@api.post("/appointments")
+def book_appointment() -> tuple[Response, int]:
+    """Book an exam slot for a person who is eligible that day (station staff)."""
+    session = db.session
+    user = _staff(*STAFF_WHO_BOOK)
+    user_id = user.id
+    key = idempotency_key(required=False)
+    body = json_body()
+    station_id = field_str(body, "station_id", 64)
+    programme = field_str(body, "programme", 40)
+    resident_id = field_int(body, "resident_id", 1, 2**62)
+    try:
+        starts_at = dt.datetime.fromisoformat(field_str(body, "starts_at", 40))
+    except ValueError:
+        starts_at = None
+    if starts_at is None or starts_at.tzinfo is None:
+        raise InvalidRequest(
+            "starts_at must be an ISO 8601 time with its UTC offset",
+            code="field_invalid",
+            field="starts_at",
+        )
+    session.rollback()
+
+    def operation() -> tuple[int, dict[str, Any]]:
+        staff = session.get(StaffUser, user_id)
+        assert staff is not None
+        return 201, services.book_appointment(
+            session,
+            _ctx(),
+            staff,
+            station_id=station_id,
+            programme_code=programme,
+            resident_id=resident_id,
+            starts_at=starts_at,
+        )
+
+    return answer_once(f"user:{user_id}", key, operation)
+
+
+@api.post("/appointments/<int:appointment_id>/cancel")
+def cancel_appointment(appointment_id: int) -> tuple[Response, int]:
+    session = db.session
+    user = _staff(*STAFF_WHO_BOOK)
+    user_id = user.id
+    session.rollback()
+
+    def operation() -> tuple[int, dict[str, Any]]:
+        staff = session.get(StaffUser, user_id)
+        assert staff is not None
+        return 200, services.cancel_appointment(session, _ctx(), staff, appointment_id)
+
+    return answer_once(f"user:{user_id}", None, operation)
+
+
+@api.post("/couples")
+def register_couple() -> tuple[Response, int]:
+    """Record a couple, optionally planning a pregnancy since a date (station staff)."""
+    session = db.session
+    user = _staff(Role.ADMINISTRATOR, Role.STATION_STAFF)
+    user_id = user.id
+    key = idempotency_key(required=False)
+    body = json_body()
+    partners = body.get("partners")
+    if (
+        not isinstance(partners, list)
+        or len(partners) != 2
+        or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 1 <= p < 2**62 for p in partners
+        )
+    ):
+        raise InvalidRequest(
+            "partners must be two resident ids", code="field_invalid", field="partners"
+        )
+    planning_since = None
+    if body.get("planning_since") is not None:
+        try:
+            planning_since = dt.date.fromisoformat(field_str(body, "planning_since", 10))
+        except ValueError:
+            raise InvalidRequest(
+                "planning_since must be YYYY-MM-DD", code="field_invalid", field="planning_since"
+            ) from None
+    session.rollback()
+
+    def operation() -> tuple[int, dict[str, Any]]:
+        staff = session.get(StaffUser, user_id)
+        assert staff is not None
+        return 201, services.register_couple(
+            session, _ctx(), staff, partners[0], partners[1], planning_since
+        )
+
+    return answer_once(f"user:{user_id}", key, operation)
+
+
 @api.get("/reservations")
 def list_open_reservations() -> Response:
     """Reservations never captured or voided, oldest first, with their age (staff only)."""

@@ -22,6 +22,7 @@ class ExamReason(StrEnum):
     TOO_OLD = "too_old"
     ALREADY_GIVEN = "already_given"
     TOO_SOON = "too_soon"
+    NO_PLAN = "no_plan"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Programme:
     max_age: int | None = None
     interval_days: int | None = None
     once: bool = False
+    requires_plan: bool = False  # a couple planning a pregnancy; "once" then means once per plan
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,14 @@ def birthday_at_age(birth_date: dt.date, age: int) -> dt.date:
 
 
 def evaluate(
-    programme: Programme, holder: Holder, given_on: Sequence[dt.date], today: dt.date
+    programme: Programme,
+    holder: Holder,
+    given_on: Sequence[dt.date],
+    today: dt.date,
+    plan_since: dt.date | None = None,
 ) -> ExamDecision:
-    """`given_on`: the days this person had this programme's exam before."""
+    """`given_on`: the days this person had this programme's exam before; `plan_since`: the start
+    of the pregnancy plan of the couple the person belongs to, if any."""
 
     def no(reason: ExamReason, next_on: dt.date | None = None) -> ExamDecision:
         return ExamDecision(programme.code, False, reason, next_on)
@@ -70,6 +77,10 @@ def evaluate(
             return no(ExamReason.TOO_YOUNG, birthday_at_age(holder.birth_date, programme.min_age))
         if programme.max_age is not None and age > programme.max_age:
             return no(ExamReason.TOO_OLD)
+    if programme.requires_plan:
+        if plan_since is None:
+            return no(ExamReason.NO_PLAN)
+        given_on = [day for day in given_on if day >= plan_since]
     if given_on:
         last = max(given_on)
         if programme.once:

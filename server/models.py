@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -330,6 +331,8 @@ class ExamProgramme(Base):
     interval_days: Mapped[int | None] = mapped_column(Integer)  # NULL with once: never again
     once: Mapped[bool] = mapped_column(Boolean, default=False)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # For couples planning a pregnancy: both partners, and "once" counts from the plan's start.
+    requires_plan: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ExamRecord(Base):
@@ -346,4 +349,44 @@ class ExamRecord(Base):
     station_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"))
     given_on: Mapped[dt.date] = mapped_column(Date)
     staff: Mapped[str | None] = mapped_column(String(120))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Appointment(Base):
+    """A booked slot at a station for an exam programme. One booking per station and start time:
+    a partial unique index (status = 'booked') makes a double booking impossible."""
+
+    __tablename__ = "appointments"
+    __table_args__ = (
+        Index(
+            "uq_appointments_station_id_starts_at_booked",
+            "station_id",
+            "starts_at",
+            unique=True,
+            sqlite_where=text("status = 'booked'"),
+            postgresql_where=text("status = 'booked'"),
+        ),
+        Index("ix_appointments_resident_id", "resident_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    station_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"))
+    programme_id: Mapped[int] = mapped_column(ForeignKey("exam_programmes.id"))
+    resident_id: Mapped[int] = mapped_column(ForeignKey("residents.id"))
+    starts_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(10))  # booked | cancelled
+    booked_by: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Couple(Base):
+    """Two residents served together (programmes for couples planning a pregnancy)."""
+
+    __tablename__ = "couples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    partner_a_id: Mapped[int] = mapped_column(ForeignKey("residents.id"), index=True)
+    partner_b_id: Mapped[int] = mapped_column(ForeignKey("residents.id"), index=True)
+    planning_since: Mapped[dt.date | None] = mapped_column(Date)  # a pregnancy plan, if any
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

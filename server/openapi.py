@@ -319,6 +319,104 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/stations/{station_id}/slots": {
+                "get": {
+                    "summary": "A station's appointment slots on a day, and which are free (station staff)",
+                    "security": STAFF_SECURITY,
+                    "parameters": [
+                        {
+                            "name": "station_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "date",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "format": "date"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/SlotList"}, "the day's slots"),
+                        "400": _problem("bad date"),
+                        "401": _problem("no or unknown bearer token"),
+                        "403": _problem(
+                            "the role may not, or the station is outside the user's area"
+                        ),
+                        "404": _problem("no such station"),
+                    },
+                }
+            },
+            "/api/v1/appointments": {
+                "post": {
+                    "summary": "Book an exam slot for a person eligible that day (station staff)",
+                    "security": STAFF_SECURITY,
+                    "parameters": [{"$ref": "#/components/parameters/IdempotencyKeyOptional"}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/AppointmentRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": _json({"$ref": "#/components/schemas/Appointment"}, "booked"),
+                        "400": _problem("invalid fields, or not a slot"),
+                        "401": _problem("no or unknown bearer token"),
+                        "403": _problem("the role may not, or outside the user's area"),
+                        "404": _problem("no such station, programme or resident"),
+                        "409": _problem("the slot is taken, or the person is not eligible then"),
+                        "422": _problem("the Idempotency-Key was used for a different request"),
+                    },
+                }
+            },
+            "/api/v1/appointments/{appointment_id}/cancel": {
+                "post": {
+                    "summary": "Cancel an appointment (station staff); idempotent",
+                    "security": STAFF_SECURITY,
+                    "parameters": [
+                        {
+                            "name": "appointment_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Appointment"}, "cancelled"),
+                        "401": _problem("no or unknown bearer token"),
+                        "403": _problem("the role may not, or outside the user's area"),
+                        "404": _problem("no such appointment"),
+                    },
+                }
+            },
+            "/api/v1/couples": {
+                "post": {
+                    "summary": "Record a couple, optionally planning a pregnancy since a date (station staff)",
+                    "security": STAFF_SECURITY,
+                    "parameters": [{"$ref": "#/components/parameters/IdempotencyKeyOptional"}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/CoupleRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": _json({"$ref": "#/components/schemas/Couple"}, "recorded"),
+                        "400": _problem("invalid fields"),
+                        "401": _problem("no or unknown bearer token"),
+                        "403": _problem(
+                            "the role may not, or a partner lives outside the user's area"
+                        ),
+                        "404": _problem("no such resident"),
+                        "422": _problem("the Idempotency-Key was used for a different request"),
+                    },
+                }
+            },
             "/api/v1/reservations": {
                 "get": {
                     "summary": "Open reservations (never captured or voided), oldest first, with their age",
@@ -964,6 +1062,7 @@ def document() -> dict[str, Any]:
                                             "too_old",
                                             "already_given",
                                             "too_soon",
+                                            "no_plan",
                                         ],
                                     },
                                     "next_eligible_on": {
@@ -982,6 +1081,70 @@ def document() -> dict[str, Any]:
                         "record_id": {"type": "integer"},
                         "programme": {"type": "string"},
                         "given_on": {"type": "string", "format": "date"},
+                    },
+                },
+                "SlotList": {
+                    "type": "object",
+                    "required": ["station_id", "date", "slots"],
+                    "properties": {
+                        "station_id": {"type": "string"},
+                        "date": {"type": "string", "format": "date"},
+                        "slots": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["starts_at", "available", "appointment_id"],
+                                "properties": {
+                                    "starts_at": {"type": "string", "format": "date-time"},
+                                    "available": {"type": "boolean"},
+                                    "appointment_id": {"type": ["integer", "null"]},
+                                },
+                            },
+                        },
+                    },
+                },
+                "AppointmentRequest": {
+                    "type": "object",
+                    "required": ["station_id", "programme", "resident_id", "starts_at"],
+                    "properties": {
+                        "station_id": {"type": "string"},
+                        "programme": {"type": "string"},
+                        "resident_id": {"type": "integer", "minimum": 1},
+                        "starts_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "Appointment": {
+                    "type": "object",
+                    "required": [
+                        "appointment_id",
+                        "station_id",
+                        "programme",
+                        "starts_at",
+                        "status",
+                    ],
+                    "properties": {
+                        "appointment_id": {"type": "integer"},
+                        "station_id": {"type": "string"},
+                        "programme": {"type": ["string", "null"]},
+                        "starts_at": {"type": "string", "format": "date-time"},
+                        "status": {"type": "string", "enum": ["booked", "cancelled"]},
+                    },
+                },
+                "CoupleRequest": {
+                    "type": "object",
+                    "required": ["partners"],
+                    "properties": {
+                        "partners": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                        "planning_since": {"type": ["string", "null"], "format": "date"},
+                    },
+                },
+                "Couple": {
+                    "type": "object",
+                    "required": ["couple_id", "partners", "planning_since"],
+                    "properties": {
+                        "couple_id": {"type": "integer"},
+                        "partners": {"type": "array", "items": {"type": "integer"}},
+                        "planning_since": {"type": ["string", "null"], "format": "date"},
                     },
                 },
                 "ReservationPage": {

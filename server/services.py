@@ -58,11 +58,13 @@ from server.errors import (
 )
 from server.fieldcrypto import FieldCipher, mask_id_number, normalise_id_number
 from server.models import (
+    Appointment,
     Authorization,
     AuthorizationStatus,
     Card,
     CardStatus,
     Category,
+    Couple,
     EntitlementRule,
     ExamProgramme,
     ExamRecord,
@@ -1062,6 +1064,7 @@ DEMO_PROGRAMMES = [
         min_age=20,
         max_age=49,
         once=True,
+        requires_plan=True,
     ),
     exams.Programme(
         "reproductive_health_check",
@@ -1090,6 +1093,7 @@ def seed_exam_programmes(session: Session) -> None:
                     max_age=programme.max_age,
                     interval_days=programme.interval_days,
                     once=programme.once,
+                    requires_plan=programme.requires_plan,
                     active=True,
                 )
             )
@@ -1111,6 +1115,7 @@ def _programmes(session: Session) -> list[tuple[int, exams.Programme]]:
                 row.max_age,
                 row.interval_days,
                 row.once,
+                row.requires_plan,
             ),
         )
         for row in rows
@@ -1141,8 +1146,14 @@ def _decisions(
         )
     ):
         history[programme_id].append(given_on)
+    plan_since = session.scalar(
+        select(func.max(Couple.planning_since)).where(
+            Couple.active.is_(True),
+            (Couple.partner_a_id == resident.id) | (Couple.partner_b_id == resident.id),
+        )
+    )
     return [
-        (pid, programme, exams.evaluate(programme, holder, history[pid], today))
+        (pid, programme, exams.evaluate(programme, holder, history[pid], today, plan_since))
         for pid, programme in _programmes(session)
     ]
 
@@ -1209,6 +1220,55 @@ def record_exam(
     raise NotFound(f"no programme {programme_code}", code="programme_unknown")
 
 
+def register_couple(
+    session: Session,
+    ctx: Context,
+    user: StaffUser,
+    partner_a: int,
+    partner_b: int,
+    planning_since: dt.date | None,
+) -> dict[str, Any]:
+    """Record two residents as a couple (optionally planning a pregnancy since a date). A person
+    is in at most one active couple: registering a new one ends the earlier. No commit."""
+    if partner_a == partner_b:
+        raise InvalidRequest("a couple is two different people", code="field_invalid")
+    people = [session.get(Resident, partner_a), session.get(Resident, partner_b)]
+    if any(p is None for p in people):
+        raise NotFound("no such resident", code="resident_unknown")
+    if not all(in_scope(session, user, p.region_id) for p in people if p is not None):
+        raise Forbidden("a partner lives outside your area", code="out_of_scope")
+    for earlier in session.scalars(
+        select(Couple).where(
+            Couple.active.is_(True),
+            Couple.partner_a_id.in_([partner_a, partner_b])
+            | Couple.partner_b_id.in_([partner_a, partner_b]),
+        )
+    ):
+        earlier.active = False
+    couple = Couple(
+        partner_a_id=partner_a,
+        partner_b_id=partner_b,
+        planning_since=planning_since,
+        active=True,
+        created_at=ctx.now(),
+    )
+    session.add(couple)
+    session.flush()
+    audit.append(
+        session,
+        at=ctx.now(),
+        actor=f"user:{user.id}",
+        action="couple.register",
+        subject=f"couple:{couple.id}",
+        detail={"partners": [partner_a, partner_b]},
+    )
+    return {
+        "couple_id": couple.id,
+        "partners": [partner_a, partner_b],
+        "planning_since": planning_since.isoformat() if planning_since else None,
+    }
+
+
 def add_station(
     session: Session,
     ctx: Context,
@@ -1222,6 +1282,143 @@ def add_station(
     station.kind = "station"
     session.commit()
     return station
+
+
+# --- appointments -----------------------------------------------------------------------------------
+
+SLOT_MINUTES = 30
+OPENING = dt.time(8, 0)
+CLOSING = dt.time(17, 0)
+
+
+def _station(session: Session, station_id: str) -> Kiosk:
+    station = session.get(Kiosk, station_id)
+    if station is None or station.kind != "station":
+        raise NotFound(f"no station {station_id}", code="station_unknown")
+    return station
+
+
+def slot_starts(ctx: Context, day: dt.date) -> list[dt.datetime]:
+    """The day's appointment slots at a station, in the city's time zone."""
+    start = dt.datetime.combine(day, OPENING, ctx.timezone)
+    end = dt.datetime.combine(day, CLOSING, ctx.timezone)
+    slots = []
+    while start < end:
+        slots.append(start)
+        start += dt.timedelta(minutes=SLOT_MINUTES)
+    return slots
+
+
+def station_slots(
+    session: Session, ctx: Context, user: StaffUser, station_id: str, day: dt.date
+) -> list[dict[str, Any]]:
+    station = _station(session, station_id)
+    if not in_scope(session, user, station.region_id):
+        raise Forbidden("this station is outside your area", code="out_of_scope")
+    starts = slot_starts(ctx, day)
+    booked = dict(
+        session.execute(
+            select(Appointment.starts_at, Appointment.id).where(
+                Appointment.station_id == station_id,
+                Appointment.status == "booked",
+                # UTC: SQLite keeps the wall time and drops the offset.
+                Appointment.starts_at >= starts[0].astimezone(dt.UTC),
+                Appointment.starts_at <= starts[-1].astimezone(dt.UTC),
+            )
+        ).all()
+    )
+    booked = {audit.as_utc(at): appointment_id for at, appointment_id in booked.items()}
+    now = ctx.now()
+    return [
+        {
+            "starts_at": start.isoformat(),
+            "available": start > now and start.astimezone(dt.UTC) not in booked,
+            "appointment_id": booked.get(start.astimezone(dt.UTC)),
+        }
+        for start in starts
+    ]
+
+
+def book_appointment(
+    session: Session,
+    ctx: Context,
+    user: StaffUser,
+    *,
+    station_id: str,
+    programme_code: str,
+    resident_id: int,
+    starts_at: dt.datetime,
+) -> dict[str, Any]:
+    """Book a slot for a person's exam; the person must be eligible on that day. No commit."""
+    station = _station(session, station_id)
+    local = starts_at.astimezone(ctx.timezone)
+    if local not in slot_starts(ctx, local.date()):
+        raise InvalidRequest(
+            f"appointments start on the {SLOT_MINUTES}-minute marks from {OPENING:%H:%M} to {CLOSING:%H:%M}",
+            code="slot_invalid",
+        )
+    if starts_at <= ctx.now():
+        raise InvalidRequest("that slot has passed", code="slot_invalid")
+    resident = session.get(Resident, resident_id)
+    if resident is None:
+        raise NotFound(f"no resident {resident_id}", code="resident_unknown")
+    if not (
+        in_scope(session, user, station.region_id) and in_scope(session, user, resident.region_id)
+    ):
+        raise Forbidden("the station or the resident is outside your area", code="out_of_scope")
+    for pid, programme, decision in _decisions(session, ctx, resident, local.date()):
+        if programme.code != programme_code:
+            continue
+        if not decision.eligible:
+            raise Conflict(
+                f"not eligible for {programme.name} on {local.date()}: {decision.reason}",
+                code="not_eligible",
+                reason=decision.reason.value if decision.reason else None,
+            )
+        appointment = Appointment(
+            station_id=station_id,
+            programme_id=pid,
+            resident_id=resident_id,
+            starts_at=starts_at.astimezone(dt.UTC),
+            status="booked",
+            booked_by=user.id,
+            created_at=ctx.now(),
+        )
+        session.add(appointment)
+        try:
+            session.flush()
+        except IntegrityError:
+            raise Conflict("that slot is taken", code="slot_taken") from None
+        return {
+            "appointment_id": appointment.id,
+            "station_id": station_id,
+            "programme": programme.code,
+            "starts_at": local.isoformat(),
+            "status": "booked",
+        }
+    raise NotFound(f"no programme {programme_code}", code="programme_unknown")
+
+
+def cancel_appointment(
+    session: Session, ctx: Context, user: StaffUser, appointment_id: int
+) -> dict[str, Any]:
+    appointment = session.get(Appointment, appointment_id)
+    if appointment is None:
+        raise NotFound(f"no appointment {appointment_id}", code="appointment_unknown")
+    station = _station(session, appointment.station_id)
+    if not in_scope(session, user, station.region_id):
+        raise Forbidden("this station is outside your area", code="out_of_scope")
+    appointment.status = "cancelled"
+    programme = session.scalar(
+        select(ExamProgramme.code).where(ExamProgramme.id == appointment.programme_id)
+    )
+    return {
+        "appointment_id": appointment.id,
+        "station_id": appointment.station_id,
+        "programme": programme,
+        "starts_at": audit.as_utc(appointment.starts_at).astimezone(ctx.timezone).isoformat(),
+        "status": "cancelled",
+    }
 
 
 # --- reports ---------------------------------------------------------------------------------------

@@ -116,3 +116,31 @@ def test_concurrent_capture_and_void_settle_once(
         assert status == (200 if action == winner else 409), results
     assert usage.reserved == 0
     assert usage.captured == (1 if winner == "capture" else 0)
+
+
+def test_one_slot_is_booked_once(server_world: ServerWorld, live_server: str) -> None:
+    from server import services
+
+    w = server_world
+    desk = TestKiosk("ST-0001")
+    with w.sessionmaker() as session:
+        services.add_station(session, w.ctx, desk.id, desk.public_key_b64)
+        staff = services.create_user(session, w.ctx, "desk-staff", "station_staff")
+    people = [w.new_resident() for _ in range(12)]
+
+    def book(i: int) -> int:
+        body = {
+            "station_id": desk.id,
+            "programme": "reproductive_health_check",
+            "resident_id": people[i],
+            "starts_at": "2026-11-18T14:00:00+08:00",
+        }
+        response = requests.post(
+            live_server + "/api/v1/appointments",
+            json=body,
+            headers={"Authorization": f"Bearer {staff}"},
+            timeout=60,
+        )
+        return response.status_code
+
+    assert sorted(_together(len(people), book)) == [201] + [409] * (len(people) - 1)
