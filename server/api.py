@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from cardsvc import requestsig
 from server import services
@@ -25,6 +27,8 @@ from server.errors import Forbidden, InvalidJson, InvalidRequest, NotFound
 from server.fieldcrypto import mask_id_number
 from server.metrics import registry_of
 from server.models import Kiosk, PeriodKindColumn, Region, Role, StaffUser
+
+log = logging.getLogger(__name__)
 
 api = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 
@@ -129,8 +133,14 @@ def _spend_nonce_anyway(response: Response) -> Response:
     counter = current_app.extensions.setdefault("onecard_nonce_counter", [0])
     counter[0] += 1
     if counter[0] % NONCE_PRUNE_EVERY == 0:
-        services.prune_nonces(db.session, _ctx())
-        db.session.commit()
+        session = db.session
+        session.rollback()
+        try:
+            services.prune_nonces(session, _ctx())
+            session.commit()
+        except SQLAlchemyError:  # housekeeping must never fail the answer; the next try will do
+            session.rollback()
+            log.warning("pruning spent nonces failed", exc_info=True)
     return response
 
 

@@ -463,7 +463,7 @@ def capture(
 ) -> dict[str, Any]:
     """The item dropped: charge the reserved units. Capturing twice answers the same."""
     authorization = _own_authorization(session, kiosk_id, authorization_id)
-    status = _settle(
+    status, settled_now = _settle(
         session,
         authorization,
         AuthorizationStatus.CAPTURED,
@@ -472,6 +472,18 @@ def capture(
     )
     if status is AuthorizationStatus.VOIDED:
         raise Conflict("this authorization was voided", code="authorization_voided")
+    if settled_now:
+        # The slot's stock as the server knows it (telemetry resets it to the board's count).
+        session.execute(
+            update(KioskSlot)
+            .where(
+                KioskSlot.kiosk_id == authorization.kiosk_id,
+                KioskSlot.slot == authorization.slot,
+                KioskSlot.stock >= authorization.quantity,
+            )
+            .values(stock=KioskSlot.stock - authorization.quantity)
+            .execution_options(synchronize_session=False)
+        )
     return {
         "status": "captured",
         "remaining": remaining_for_resident(session, ctx, authorization.resident_id),
@@ -483,7 +495,7 @@ def void(
 ) -> dict[str, Any]:
     """Nothing was dispensed: release the reserved units. Voiding twice answers the same."""
     authorization = _own_authorization(session, kiosk_id, authorization_id)
-    status = _settle(
+    status, _ = _settle(
         session, authorization, AuthorizationStatus.VOIDED, settled_at=ctx.now(), void_reason=reason
     )
     if status is AuthorizationStatus.CAPTURED:
@@ -499,10 +511,11 @@ def void(
 
 def _settle(
     session: Session, authorization: Authorization, to: AuthorizationStatus, **values: Any
-) -> AuthorizationStatus:
-    """Move a reservation to `to` exactly once; returns the status it ends in."""
+) -> tuple[AuthorizationStatus, bool]:
+    """Move a reservation to `to` exactly once; returns the status it ends in and whether this
+    call moved it."""
     if authorization.status is not AuthorizationStatus.RESERVED:
-        return authorization.status
+        return authorization.status, False
     moved = session.execute(
         update(Authorization)
         .where(
@@ -515,10 +528,10 @@ def _settle(
     if moved.rowcount == 1:  # type: ignore[attr-defined]
         captured = authorization.units if to is AuthorizationStatus.CAPTURED else 0
         _shift_usage(session, authorization, captured=captured)
-        return to
+        return to, True
     # Someone else settled it between our read and our update: report what they did.
     session.refresh(authorization)
-    return authorization.status
+    return authorization.status, False
 
 
 @functools.lru_cache(maxsize=65_536)

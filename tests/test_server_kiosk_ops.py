@@ -163,3 +163,15 @@ def test_telemetry_updates_stock_and_records_events(server_world: ServerWorld) -
         {"stock": []},
     ):
         assert w.post("/api/v1/telemetry", bad).status_code == 400, bad
+
+
+def test_captures_count_down_the_known_stock(server_world: ServerWorld) -> None:
+    w = server_world
+    w.post("/api/v1/telemetry", {"stock": {"1": 5}})
+    a = w.authorize().get_json()["authorization_id"]
+    w.capture(a)
+    w.capture(a)  # a retry: counted once
+    b = w.authorize().get_json()["authorization_id"]
+    w.void(b)
+    with w.sessionmaker() as session:
+        assert session.get(KioskSlot, ("K-0001", 1)).stock == 4  # type: ignore[union-attr]

@@ -81,3 +81,21 @@ def test_staff_see_only_their_own_area(server_world: ServerWorld) -> None:
     refused = register(outside)
     assert refused.status_code == 403 and refused.get_json()["code"] == "out_of_scope"
     assert register(inside).status_code == 201
+
+
+def test_nonces_are_pruned_in_passing(server_world: ServerWorld, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func, select
+
+    from server import api
+    from server.models import SeenNonce
+
+    w = server_world
+    monkeypatch.setattr(api, "NONCE_PRUNE_EVERY", 1)
+    w.authorize()
+    w.clock.advance(3600)
+    assert w.post("/api/v1/authorizations", b"{").status_code == 400  # an error answer prunes too
+    assert w.authorize().status_code == 200
+    with w.sessionmaker() as session:
+        assert (
+            session.scalar(select(func.count()).select_from(SeenNonce)) == 2
+        )  # the old one is gone
