@@ -76,19 +76,18 @@ def _stay_up(p: Platform) -> None:
     say("  kiosk        serving taps in this process")
     say("Press Ctrl-C to stop everything.")
     stop = threading.Event()
+    # Set both explicitly: a demo started in the background inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     loop = threading.Thread(
         target=serve,
         args=(p.kiosk, p.reader, SLOT, stop, lambda r: say(format_result(r))),
         daemon=True,
     )
     loop.start()
-    try:
-        while not stop.is_set():
-            stop.wait(0.5)
-    except KeyboardInterrupt:
-        say("\nstopping ...")
-    stop.set()
+    while not stop.is_set():
+        stop.wait(0.5)
+    say("\nstopping everything the demo started ...")
     loop.join(5)
 
 

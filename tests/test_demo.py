@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.pcscd
-def test_demo_once_walks_to_the_monthly_limit(tmp_path: Path) -> None:
+def test_demo_once_walks_to_the_monthly_limit(tmp_path: Path, pcscd: object) -> None:
     proc = subprocess.run(
         [
             sys.executable,
@@ -66,3 +67,37 @@ def test_demo_says_what_failed_when_the_data_dir_cannot_be_made(tmp_path: Path) 
     )
     assert proc.returncode != 0
     assert "onecard demo: FAILED" in proc.stderr
+
+
+@pytest.mark.pcscd
+def test_demo_stays_up_until_interrupted_and_stops_what_it_started(
+    tmp_path: Path, pcscd: object
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onecard.cli", "demo", "--data-dir", str(tmp_path / "demo")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Press Ctrl-C"):
+                break
+        out = "".join(lines)
+        assert "Press Ctrl-C" in out, out
+        board_pid = int(re.search(r"simulator pid (\d+)", out).group(1))  # type: ignore[union-attr]
+        assert re.search(r"server\s+http://127\.0\.0\.1:\d+", out)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, rest
+    assert "onecard demo: OK" in rest
+    with pytest.raises(ProcessLookupError):
+        os.kill(board_pid, 0)  # the board simulator it started is gone
