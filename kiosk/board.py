@@ -224,7 +224,25 @@ class _Observed:
     results: OrderedDict[int, p.TxnReport] = field(default_factory=OrderedDict)
 
 
-class OneCardV1Driver:
+class _ClosingDriver:
+    """What both drivers share: each is a context manager that closes its link on the way out."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class OneCardV1Driver(_ClosingDriver):
     """``BoardDriver`` for the onecard-v1 framed protocol over any ``Link``.
 
     ``reply_timeout`` (seconds) overrides the deadline computed from ``baudrate``;
@@ -265,17 +283,6 @@ class OneCardV1Driver:
         self._closed = False
 
     # ----------------------------------------------------------------- lifecycle
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         with self._lock:
@@ -553,7 +560,7 @@ class OneCardV1Driver:
 # --------------------------------------------------------------------------- Modbus RTU
 
 
-class ModbusRtuDriver:
+class ModbusRtuDriver(_ClosingDriver):
     """``BoardDriver`` for the Modbus RTU register map (PROTOCOL.md section 11).
 
     Modbus has no sequence numbers and no events, so the transaction id carries the whole
@@ -577,17 +584,6 @@ class ModbusRtuDriver:
         self._lock = threading.RLock()
         self._counters = {"queries": 0, "redispatches": 0, "polls": 0, "refusals": 0}
         self._closed = False
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         with self._lock:
