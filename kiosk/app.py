@@ -2,7 +2,9 @@
 
 Waits for a card on the reader, serves the tap (kiosk.tap), reports the outcome, and waits for
 the card to leave before the next one. Open transactions left by a crash or an outage are
-settled at start and then once a minute.
+settled at start and then once a minute; offline taps are synced then too (kiosk.offline).
+A background thread (kiosk.telemetry.Chores) refreshes the signed configuration
+(kiosk.config_sync), sends the heartbeat and syncs offline taps, so none of them holds up a tap.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ from cardsvc.errors import CardError
 from cardsvc.pcsc import PcscReader
 from kiosk.board import open_board
 from kiosk.client import ServerClient
+from kiosk.config_sync import ConfigSync
 from kiosk.identity import load_or_create_device_key, public_key_b64
 from kiosk.journal import Journal
+from kiosk.offline import OfflineMode
+from kiosk.revocation import open_revocation_list
 from kiosk.tap import Kiosk, TapResult
+from kiosk.telemetry import CONFIG_EVERY_S, HEARTBEAT_EVERY_S, Chore, Chores, Heartbeat
 
 RECOVER_EVERY_S = 60.0
+OFFLINE_SYNC_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,9 @@ class KioskConfig:
     board_protocol: str = "onecard-v1"
     reader: str | None = None
     slot: int = 1
+    server_key: str | None = None  # base64 Ed25519; None: the pinned one, or pin on first use
+    heartbeat_every_s: float = HEARTBEAT_EVERY_S
+    config_every_s: float = CONFIG_EVERY_S
 
 
 def format_result(result: TapResult) -> str:
@@ -72,13 +82,39 @@ def run(
         journal = stack.enter_context(Journal(config.data_dir / "journal.sqlite3"))
         board = stack.enter_context(closing(open_board(config.board_device, config.board_protocol)))
         server = stack.enter_context(ServerClient(config.server_url, config.kiosk_id, key))
+        signed = ConfigSync(server, config.data_dir, config.kiosk_id, server_key=config.server_key)
+        signed.pin_on_first_use()
+        revocations = open_revocation_list(config.data_dir)
+        if revocations is not None:
+            revocations.refresh_every(server, stop)
         kiosk = Kiosk(
             kiosk_id=config.kiosk_id,
             journal=journal,
             server=server,
             board=board,
             ca_certificate_der=ca_der,
+            revoked=revocations.revoked if revocations is not None else frozenset,
+            offline=OfflineMode(journal, lambda: signed.current, lambda: server.last_contact),
         )
+        heartbeat = Heartbeat(
+            server,
+            board,
+            journal,
+            config=lambda: signed.current,
+            last_contact=lambda: server.last_contact,
+            busy=kiosk.serving.is_set,
+        )
+        chores = stack.enter_context(
+            Chores(
+                [
+                    Chore("config", config.config_every_s, signed.refresh),
+                    Chore("telemetry", config.heartbeat_every_s, heartbeat.send),
+                    # Also in recover(); here too so a blackholed server holds up no tap.
+                    Chore("offline-sync", OFFLINE_SYNC_EVERY_S, kiosk.offline_sync.sync),
+                ]
+            )
+        )
+        heartbeat.on_revocation_version = lambda _version: chores.soon("config")
         serve(kiosk, PcscReader(config.reader), config.slot, stop, report)
 
 
@@ -128,6 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--ca-cert", type=Path, required=True, help="the city card CA certificate")
     run_p.add_argument("--reader", default=None, help="PC/SC reader name (default: any)")
     run_p.add_argument("--slot", type=int, default=1, help="the slot to dispense from")
+    run_p.add_argument(
+        "--server-key",
+        default=env("ONECARD_SERVER_PUBLIC_KEY"),
+        help="base64 Ed25519 key that signs configurations (default: pinned on first use)",
+    )
+    run_p.add_argument(
+        "--heartbeat-every",
+        type=float,
+        default=float(env("ONECARD_HEARTBEAT_EVERY_S", str(HEARTBEAT_EVERY_S))),
+        help="seconds between heartbeats",
+    )
     key_p = sub.add_parser(
         "keygen", help="create the device key if needed and print its public key"
     )
@@ -145,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         ca_certificate=args.ca_cert,
         reader=args.reader,
         slot=args.slot,
+        server_key=args.server_key,
+        heartbeat_every_s=args.heartbeat_every,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

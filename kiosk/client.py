@@ -61,6 +61,8 @@ class ServerClient:
         self._timeout = timeout
         self._retries = retries
         self._http = requests.Session()
+        # time.time() of the last answer the server gave (any answer: it was reachable).
+        self.last_contact: float | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -95,6 +97,22 @@ class ServerClient:
             f"/api/v1/authorizations/{authorization_id}/void", {"reason": reason}, idempotency_key
         )
 
+    def sync(self, transactions: list[dict[str, Any]], idempotency_key: str) -> dict[str, Any]:
+        """POST /sync: offline taps, each applied once (kiosk.offline builds the items)."""
+        return self.post("/api/v1/sync", {"transactions": transactions}, idempotency_key)
+
+    def config(self) -> dict[str, Any]:
+        """GET /kiosks/me/config: the signed configuration (verified by kiosk.config_sync)."""
+        return self.get("/api/v1/kiosks/me/config")
+
+    def server_key(self) -> dict[str, Any]:
+        """GET /server-key: the key configurations are signed with (pinned on first use)."""
+        return self.get("/api/v1/server-key")
+
+    def telemetry(self, heartbeat: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """POST /telemetry: stock per slot and events (kiosk.telemetry builds the heartbeat)."""
+        return self.post("/api/v1/telemetry", heartbeat, idempotency_key)
+
     def post(self, path: str, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
         """POST signed JSON; retried on connection failures with the same idempotency key."""
         payload = json.dumps(body, separators=(",", ":")).encode()
@@ -111,7 +129,7 @@ class ServerClient:
             except requests.RequestException as exc:
                 last = exc
                 continue
-            return _json_or_problem(response)
+            return self._answer(response)
         raise ServerUnavailableError(f"the server at {self.base_url} did not answer: {last}")
 
     def get(self, path: str) -> dict[str, Any]:
@@ -122,6 +140,11 @@ class ServerClient:
             raise ServerUnavailableError(
                 f"the server at {self.base_url} did not answer: {exc}"
             ) from exc
+        return self._answer(response)
+
+    def _answer(self, response: requests.Response) -> dict[str, Any]:
+        if response.status_code < 500:  # a 5xx may come from a proxy with the server down
+            self.last_contact = time.time()
         return _json_or_problem(response)
 
     def _signed_headers(self, method: str, path: str, body: bytes) -> dict[str, str]:

@@ -6,13 +6,19 @@ crash `Kiosk.recover()` can finish every open transaction: ask the board what be
 dispense, then capture or void at the server with the same idempotency keys. A unit is charged
 only when the board's drop sensor saw the item fall.
 
+When the server cannot be reached at authorize time and the kiosk has an offline mode
+(kiosk.offline), the kiosk approves alone within the signed offline caps, dispenses, and queues
+the outcome; `recover()` posts the queue once the server answers again.
+
 Words for the resident are made here and nowhere else (the kiosk screen's edge).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +35,9 @@ from kiosk.board import BoardDriver, BoardError, DispenseOutcome, DispenseResult
 from kiosk.client import ServerClient
 from kiosk.errors import ServerProblemError, ServerUnavailableError
 from kiosk.journal import TERMINAL, Journal, Txn, TxnState
+from kiosk.offline import OfflineMode, OfflineSync
+
+log = logging.getLogger(__name__)
 
 
 class TapOutcome(StrEnum):
@@ -71,6 +80,16 @@ REFUSAL_WORDS = {
     "slot_unknown": "This item is not offered at this machine.",
 }
 
+OFFLINE_REFUSAL_WORDS = {
+    "offline_limit_reached": "The service cannot be reached right now, and this machine has "
+    "given what it may give this card without it today. Nothing was taken from your allowance. "
+    "Please try again later.",
+}
+UNREACHABLE_WORDS = (
+    "The service cannot be reached right now. Nothing was taken from your "
+    "allowance. Please try again in a few minutes."
+)
+
 OUTCOME_WORDS = {
     DispenseOutcome.EMPTY: "Sorry, this item has run out. Nothing was taken from your allowance.",
     DispenseOutcome.JAMMED: "Sorry, the machine jammed. Nothing was taken from your allowance.",
@@ -105,6 +124,7 @@ class Kiosk:
         ca_certificate_der: bytes,
         revoked: Callable[[], frozenset[bytes]] = frozenset,
         clock: Callable[[], float] = time.time,
+        offline: OfflineMode | None = None,
     ) -> None:
         self.kiosk_id = kiosk_id
         self.journal = journal
@@ -113,9 +133,20 @@ class Kiosk:
         self.ca_certificate_der = ca_certificate_der
         self._revoked = revoked
         self._clock = clock
+        self.offline = offline
+        self.offline_sync = OfflineSync(journal, server, clock=clock)
+        # Set while a card is served: background work (telemetry) keeps off the board then.
+        self.serving = threading.Event()
 
     def serve_card(self, connection: Any, slot: int) -> TapResult:
         """Serve one tap of a card that is on the reader now."""
+        self.serving.set()
+        try:
+            return self._serve_card(connection, slot)
+        finally:
+            self.serving.clear()
+
+    def _serve_card(self, connection: Any, slot: int) -> TapResult:
         timer = _Timer()
         try:
             with timer.step("read card", "SELECT PIV, GET DATA CHUID and 9E certificate"):
@@ -189,11 +220,12 @@ class Kiosk:
                     txn.id,
                     reason=exc.code,
                 )
+            if isinstance(exc, ServerUnavailableError) and self.offline is not None:
+                return self._serve_offline(txn, proof, slot, timer)
             # The server may or may not have reserved: recovery resends with the same key.
             return TapResult(
                 TapOutcome.UNSETTLED,
-                "The service cannot be reached right now. Nothing was taken from your "
-                "allowance. Please try again in a few minutes.",
+                UNREACHABLE_WORDS,
                 timer.steps,
                 txn.id,
                 reason="server_unavailable",
@@ -251,9 +283,74 @@ class Kiosk:
             stock_left=outcome.remaining,
         )
 
+    def _serve_offline(
+        self, txn: Txn, proof: dict[str, Any], slot: int, timer: _Timer
+    ) -> TapResult:
+        """The server cannot be reached: approve alone within the signed caps, or refuse."""
+        assert self.offline is not None
+        with timer.step("offline rules", "signed caps, card's offline use in the journal"):
+            decision, card_key = self.offline.decide(str(proof["card_guid"]), slot)
+        if not decision.approved:
+            # Stays AUTHORIZING: the authorize request may have reached the server, so
+            # recover() asks again with the same key once it answers, and releases any hold.
+            words = OFFLINE_REFUSAL_WORDS.get(decision.reason or "")
+            return TapResult(
+                TapOutcome.UNSETTLED if words is None else TapOutcome.REFUSED,
+                words or UNREACHABLE_WORDS,
+                timer.steps,
+                txn.id,
+                reason=decision.reason,
+            )
+        self.journal.advance(
+            txn.id,
+            TxnState.OFFLINE_APPROVED,
+            card_key=card_key,
+            units=decision.units,
+            detail="approved offline",
+        )
+        self.journal.advance(txn.id, TxnState.OFFLINE_DISPENSING)
+        try:
+            with timer.step("dispense", f"board slot {slot}, drop sensor (offline)"):
+                outcome = self.board.dispense(slot, txn.id)
+        except BoardError as exc:
+            return TapResult(
+                TapOutcome.UNSETTLED,
+                "The machine did not answer. If no item came out, nothing will be taken from "
+                "your allowance.",
+                timer.steps,
+                txn.id,
+                reason=f"board: {exc}",
+            )
+        dropped = outcome.outcome is DispenseOutcome.OK
+        self.journal.advance(
+            txn.id,
+            TxnState.OFFLINE_DISPENSED if dropped else TxnState.OFFLINE_NOT_DISPENSED,
+            outcome=str(outcome.outcome),
+        )
+        if dropped:
+            name = self.offline.product_name(slot) or "your item"
+            return TapResult(
+                TapOutcome.DISPENSED,
+                f"Please take {name} from the tray. (Served offline: it counts towards your "
+                "allowance when the machine is back in touch with the service.)",
+                timer.steps,
+                txn.id,
+                reason="offline",
+                stock_left=outcome.remaining,
+            )
+        return TapResult(
+            TapOutcome.NOT_DISPENSED,
+            OUTCOME_WORDS.get(outcome.outcome, "Sorry, nothing was dispensed."),
+            timer.steps,
+            txn.id,
+            reason=str(outcome.outcome),
+            stock_left=outcome.remaining,
+        )
+
     def _settle(self, txn: Txn, outcome: DispenseResult) -> dict[str, Any] | None:
         """Write the board's outcome, then capture or void. None if the server is unreachable."""
-        assert txn.authorization_id is not None
+        authorization_id = txn.authorization_id
+        assert authorization_id is not None
         dropped = outcome.outcome is DispenseOutcome.OK
         if txn.state is TxnState.DISPENSING:
             state = TxnState.DISPENSED if dropped else TxnState.NOT_DISPENSED
@@ -261,12 +358,12 @@ class Kiosk:
         try:
             if dropped:
                 doc = self.server.capture(
-                    txn.authorization_id, txn.id, txn.idempotency_key + ":capture"
+                    authorization_id, txn.id, txn.idempotency_key + ":capture"
                 )
                 self.journal.advance(txn.id, TxnState.CAPTURED)
             else:
                 doc = self.server.void(
-                    txn.authorization_id, str(outcome.outcome), txn.idempotency_key + ":void"
+                    authorization_id, str(outcome.outcome), txn.idempotency_key + ":void"
                 )
                 self.journal.advance(txn.id, TxnState.VOIDED)
         except (ServerUnavailableError, ServerProblemError):
@@ -277,7 +374,8 @@ class Kiosk:
         """Finish every transaction a crash or an outage left open.
 
         Returns (txn id, final state) for each transaction it settled; those it could not settle
-        yet (server or board unreachable) stay open in the journal for the next call."""
+        yet (server or board unreachable) stay open in the journal for the next call. Offline
+        transactions are finished with the board, then synced (kiosk.offline.OfflineSync)."""
         done: list[tuple[int, TxnState]] = []
         for txn in self.journal.open_transactions():
             try:
@@ -286,9 +384,30 @@ class Kiosk:
                 continue  # still unreachable: try again at the next recovery
             if state in TERMINAL:
                 done.append((txn.id, state))
+        try:
+            done.extend(self.offline_sync.sync())
+        except Exception:  # a sync that fails must not stop the kiosk serving online taps
+            log.exception("offline sync failed; the queue stays in the journal")
         return done
 
     def _recover_one(self, txn: Txn) -> TxnState | None:
+        if txn.state is TxnState.OFFLINE_APPROVED:
+            # Journal before act: DISPENSING was never written, so the board never got it.
+            return self.journal.advance(
+                txn.id,
+                TxnState.OFFLINE_NOT_DISPENSED,
+                outcome=str(DispenseOutcome.NO_DROP),
+                detail="kiosk_restart",
+            ).state
+        if txn.state is TxnState.OFFLINE_DISPENSING:
+            found = self.board.query(txn.id)
+            outcome = DispenseOutcome.NO_DROP if found is None else found.outcome
+            state = (
+                TxnState.OFFLINE_DISPENSED
+                if outcome is DispenseOutcome.OK
+                else TxnState.OFFLINE_NOT_DISPENSED
+            )
+            return self.journal.advance(txn.id, state, outcome=str(outcome)).state
         if txn.state is TxnState.AUTHORIZING:
             # Did the server reserve? Ask again with the same key; the resident has gone, so
             # a reservation that exists is released.

@@ -17,7 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "server": ("server.cli", "the central server: run, init-db, seed-demo, add-kiosk, create-user"),
     "kiosk": ("kiosk.app", "the kiosk: run, keygen"),
-    "card": ("onecard.card", "technician card commands: issue-demo"),
+    "card": (
+        "onecard.card",
+        "technician card commands: provision [--batch], revoke, replace, renew, unblock-pin",
+    ),
     "cardsvc serve": (
         "cardsvc.service",
         "the local card service for station and technician desks: serve",

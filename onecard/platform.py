@@ -9,6 +9,7 @@ everything it started, by pid, whatever happened.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +24,7 @@ from kiosk.board import BoardDriver, open_board
 from kiosk.client import ServerClient
 from kiosk.identity import load_or_create_device_key, public_key_b64
 from kiosk.journal import Journal
+from kiosk.revocation import RevocationList, open_revocation_list, pin_server_key
 from kiosk.tap import Kiosk
 from onecard.card import issue_card
 from onecard.procs import (
@@ -39,8 +41,10 @@ T = TypeVar("T")
 KIOSK_ID = "K-DEMO-01"
 SLOT = 1
 SLOT_STOCK = 10
-VPCD_PORT = 35963
-READER = "Virtual PCD 00 00"
+# vpcd's first reader ("Virtual PCD 00 00" on 35963); ONECARD_VPCD_PORT picks another of its
+# slots (35964 is "Virtual PCD 00 01"), so two runs on one machine need not share a reader.
+VPCD_PORT = int(os.environ.get("ONECARD_VPCD_PORT", "35963"))
+READER = f"Virtual PCD 00 {VPCD_PORT - 35963:02d}"
 
 
 class PlatformError(RuntimeError):
@@ -105,6 +109,10 @@ class Platform:
     def client(self) -> ServerClient:
         return self._parts().client
 
+    @property
+    def revocations(self) -> RevocationList:
+        return self._parts().revocations
+
     def _parts(self) -> _KioskParts:
         if self.in_process is None:
             raise PlatformError("this platform was started without an in-process kiosk")
@@ -116,6 +124,7 @@ class _KioskParts:
     kiosk: Kiosk
     board: BoardDriver
     client: ServerClient
+    revocations: RevocationList
 
 
 def _timed(say: Callable[[str], None], what: str, fn: Callable[[], T]) -> T:
@@ -154,6 +163,7 @@ def start_platform(
             "ONECARD_DATABASE_URL": f"sqlite:///{data_dir / 'server.sqlite3'}",
             "ONECARD_DATA_DIR": str(data_dir / "server"),
             "ONECARD_CARD_CA_CERT": str(ca.certificate_path),
+            "ONECARD_CARD_CA_DIR": str(ca.certificate_path.parent),
         }
         seed = _timed(
             say,
@@ -165,6 +175,7 @@ def start_platform(
         server = started(
             _timed(say, f"server listening on {server_url}", lambda: start_server(env, port))
         )
+        _pin_server_key(server_url, data_dir / "kiosk")
 
         board_sim = started(
             Child(
@@ -247,14 +258,28 @@ def _open_kiosk(
     journal = stack.enter_context(Journal(data_dir / "kiosk" / "journal.sqlite3"))
     board = stack.enter_context(closing(open_board(device)))
     client = stack.enter_context(ServerClient(server_url, KIOSK_ID, device_key))
+    revocations = open_revocation_list(data_dir / "kiosk")
+    if revocations is None:
+        raise PlatformError("the server key was not pinned for the kiosk")
+    revocations.refresh(client)
     kiosk = Kiosk(
         kiosk_id=KIOSK_ID,
         journal=journal,
         server=client,
         board=board,
         ca_certificate_der=ca.certificate_der,
+        revoked=revocations.revoked,
     )
-    return _KioskParts(kiosk, board, client)
+    return _KioskParts(kiosk, board, client, revocations)
+
+
+def _pin_server_key(server_url: str, kiosk_dir: Path) -> None:
+    """What an installer does: pin the server's configuration-signing key in the kiosk."""
+    import requests
+
+    answer = requests.get(server_url + "/api/v1/server-key", timeout=10)
+    answer.raise_for_status()
+    pin_server_key(kiosk_dir, answer.json()["public_key"])
 
 
 def start_server(env: dict[str, str], port: int) -> Child:

@@ -16,6 +16,7 @@ need libpcsclite-dev  test -e /usr/include/PCSC/winscard.h
 need swig             sh -c 'command -v swig'
 need gcc              sh -c 'command -v gcc'
 need opensc           sh -c 'command -v opensc-tool'
+need chromium         test -x /usr/bin/chromium
 need python3-venv     "$py" -c 'import ensurepip, venv'
 need python3-dev      "$py" -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))'
 

@@ -26,7 +26,7 @@ from server.db import db
 from server.errors import Forbidden, InvalidJson, InvalidRequest, NotFound
 from server.fieldcrypto import mask_id_number
 from server.metrics import registry_of
-from server.models import Kiosk, PeriodKindColumn, Region, Role, StaffUser
+from server.models import PeriodKindColumn, Region, Role, StaffUser
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def signed_path() -> str:
     return path
 
 
-def authenticated_kiosk() -> Kiosk:
+def authenticated_kiosk() -> services.AuthenticatedDevice:
     ctx = _ctx()
     kiosk = services.authenticate_kiosk(
         db.session,
@@ -144,7 +144,7 @@ def _spend_nonce_anyway(response: Response) -> Response:
     return response
 
 
-def authenticated_device(kind: str) -> Kiosk:
+def authenticated_device(kind: str) -> services.AuthenticatedDevice:
     """An authenticated kiosk or station, refused (403) when it is the other kind of device."""
     device = authenticated_kiosk()
     if device.kind != kind:
@@ -171,8 +171,16 @@ def idempotency_key(required: bool = True) -> str | None:
 
 
 def answer_once(
-    scope: str, key: str | None, operation: Callable[[], tuple[int, dict[str, Any]]]
+    scope: str,
+    key: str | None,
+    operation: Callable[[], tuple[int, dict[str, Any]]],
+    *,
+    look_first: bool = True,
+    answered: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Response, int]:
+    """Run `operation` in the request's transaction, once per Idempotency-Key
+    (services.run_idempotent, which says when `look_first=False` may be used); `answered` is
+    called with the answer when it is this request's own, committed, not a replayed one."""
     session = db.session
     if key is None:
         try:
@@ -182,11 +190,17 @@ def answer_once(
             session.rollback()
             raise
         g.pop("unspent_nonce", None)
+        if answered is not None:
+            answered(body)
         return jsonify(body), status
     fingerprint = services.request_hash(request.method, signed_path(), request.get_data(cache=True))
-    stored = services.run_idempotent(session, _ctx(), scope, key, fingerprint, operation)
+    stored = services.run_idempotent(
+        session, _ctx(), scope, key, fingerprint, operation, look_first=look_first
+    )
     if stored.committed:
         g.pop("unspent_nonce", None)
+    if answered is not None and not stored.replayed:
+        answered(stored.body)
     return jsonify(stored.body), stored.status
 
 
@@ -215,12 +229,16 @@ def create_authorization() -> tuple[Response, int]:
     kiosk_id = kiosk.id
     metrics = registry_of(current_app)
 
-    def operation() -> tuple[int, dict[str, Any]]:
-        answer = services.authorize(db.session, _ctx(), kiosk_id, proof, slot, quantity)
+    def counted(answer: dict[str, Any]) -> None:
         metrics.authorization("approved" if answer["approved"] else answer["reason"])
-        return 200, answer
 
-    return answer_once(f"kiosk:{kiosk_id}", key, operation)
+    return answer_once(
+        f"kiosk:{kiosk_id}",
+        key,
+        lambda: (200, services.authorize(db.session, _ctx(), kiosk_id, proof, slot, quantity)),
+        look_first=False,
+        answered=counted,
+    )
 
 
 @api.post("/authorizations/<authorization_id>/capture")
@@ -234,6 +252,7 @@ def capture_authorization(authorization_id: str) -> tuple[Response, int]:
         f"kiosk:{kiosk_id}",
         key,
         lambda: (200, services.capture(db.session, _ctx(), kiosk_id, authorization_id, board_txn)),
+        look_first=False,
     )
 
 
@@ -248,6 +267,7 @@ def void_authorization(authorization_id: str) -> tuple[Response, int]:
         f"kiosk:{kiosk_id}",
         key,
         lambda: (200, services.void(db.session, _ctx(), kiosk_id, authorization_id, reason)),
+        look_first=False,
     )
 
 

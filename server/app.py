@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask
 
-from server import metrics, problems
+from server import metrics, problems, provisioning
 from server.config import ServerConfig
 from server.db import db
 from server.fieldcrypto import FieldCipher
@@ -45,8 +45,11 @@ def create_app(config: Mapping[str, Any] | ServerConfig | None = None) -> Flask:
     metrics.init_app(app)
 
     from server.api import api
+    from server.pages import pages
 
     app.register_blueprint(api)
+    app.register_blueprint(pages)
+    provisioning.init_app(app, config)
     return app
 
 

@@ -390,3 +390,15 @@ class Couple(Base):
     planning_since: Mapped[dt.date | None] = mapped_column(Date)  # a pregnancy plan, if any
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CardRevocation(Base):
+    """The revocation list as a journal: `seq` numbers the list's versions, so a kiosk fetches
+    only what was added since the version it holds (server.provisioning)."""
+
+    __tablename__ = "card_revocations"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    card_guid: Mapped[str] = mapped_column(String(32), unique=True)
+    reason: Mapped[str] = mapped_column(String(64))
+    revoked_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

@@ -92,6 +92,13 @@ def _kiosk_post(
 
 
 def document() -> dict[str, Any]:
+    doc = _core_document()
+    doc["paths"].update(_provisioning_paths())
+    doc["components"]["schemas"].update(_provisioning_schemas())
+    return doc
+
+
+def _core_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -1176,6 +1183,218 @@ def document() -> dict[str, Any]:
                         "next_after": {"type": ["string", "null"]},
                     },
                 },
+            },
+        },
+    }
+
+
+# --- server.provisioning: card provisioning, lifecycle and the kiosks' revocation list ----------
+
+
+def _guid_parameter() -> dict[str, Any]:
+    return {"name": "guid", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _staff_operation(
+    summary: str,
+    ok_status: str,
+    ok: dict[str, Any],
+    *,
+    body: str | None = None,
+    guid: bool = False,
+    idempotent: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = [_guid_parameter()] if guid else []
+    if idempotent:
+        parameters.append({"$ref": "#/components/parameters/IdempotencyKeyOptional"})
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "security": STAFF_SECURITY,
+        "parameters": parameters,
+        "responses": {
+            ok_status: ok,
+            "400": _problem("invalid JSON or fields"),
+            "401": _problem("no or unknown bearer token"),
+            "403": _problem("the role may not, or the holder is outside the user's area"),
+            "404": _problem("no such card or resident"),
+            **(extra or {}),
+        },
+    }
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
+        }
+    return operation
+
+
+def _provisioning_paths() -> dict[str, Any]:
+    certified = {"$ref": "#/components/schemas/CardCertificateAnswer"}
+    return {
+        "/api/v1/cards/certificates": {
+            "post": _staff_operation(
+                "Provisioning: sign a card's certificate and CHUID for the key it generated; "
+                "answer its diversified management key and PUK (records no issuance)",
+                "201",
+                _json(certified, "signed"),
+                body="CardCertificateRequest",
+                idempotent=True,
+                extra={
+                    "409": _problem("a card with this GUID is already issued"),
+                    "422": _problem("the Idempotency-Key was used for a different request"),
+                    "503": _problem("this server holds no card CA key"),
+                },
+            )
+        },
+        "/api/v1/cards/{guid}": {
+            "get": _staff_operation(
+                "A card's holder (resident id), status and expiry",
+                "200",
+                _json({"$ref": "#/components/schemas/CardView"}, "the card"),
+                guid=True,
+            )
+        },
+        "/api/v1/cards/{guid}/secrets": {
+            "post": _staff_operation(
+                "A card's diversified management key and PUK, for a technician holding the "
+                "card (audited with its purpose)",
+                "200",
+                _json({"$ref": "#/components/schemas/CardSecrets"}, "the card's secrets"),
+                body="CardSecretsRequest",
+                guid=True,
+            )
+        },
+        "/api/v1/cards/{guid}/renew": {
+            "post": _staff_operation(
+                "Renewal: a new certificate and CHUID with a new expiry for an active card's key",
+                "200",
+                _json(certified, "renewed; the new certificate is recorded"),
+                body="Empty",
+                guid=True,
+                idempotent=True,
+                extra={
+                    "409": _problem("the card is not active"),
+                    "422": _problem("the Idempotency-Key was used for a different request"),
+                    "503": _problem("this server holds no card CA key"),
+                },
+            )
+        },
+        "/api/v1/revocations": {
+            "get": {
+                "summary": "The revocation list after version `since`, signed by the server key "
+                "(Ed25519 over the canonical JSON of the answer without `signature`)",
+                "security": KIOSK_SECURITY,
+                "parameters": [
+                    {"$ref": "#/components/parameters/XKioskId"},
+                    {"$ref": "#/components/parameters/XTimestamp"},
+                    {"$ref": "#/components/parameters/XNonce"},
+                    {"$ref": "#/components/parameters/XSignature"},
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {"$ref": "#/components/schemas/RevocationDelta"}, "the delta, signed"
+                    ),
+                    "400": _problem("since is not a version number"),
+                    "401": _problem("the request is not signed by a known kiosk"),
+                    "503": _problem("the list changed under the request; ask again"),
+                },
+            }
+        },
+    }
+
+
+def _provisioning_schemas() -> dict[str, Any]:
+    secrets_properties = {
+        "management_key": {"type": "string", "description": "base64, 16 bytes"},
+        "management_key_type": {"const": "aes128"},
+        "puk": {"type": "string", "pattern": "^[0-9]{8}$"},
+    }
+    return {
+        "Empty": {"type": "object"},
+        "CardCertificateRequest": {
+            "type": "object",
+            "required": ["resident_id", "public_key"],
+            "properties": {
+                "resident_id": {"type": "integer", "minimum": 1},
+                "public_key": {
+                    "type": "string",
+                    "description": "base64 of the card's P-256 SubjectPublicKeyInfo (DER)",
+                },
+                "card_guid": {
+                    "type": "string",
+                    "pattern": "^[0-9a-fA-F]{32}$",
+                    "description": "the GUID already on the card, when provisioning it again",
+                },
+            },
+        },
+        "CardCertificateAnswer": {
+            "type": "object",
+            "required": [
+                "card_guid",
+                "certificate",
+                "chuid",
+                "expiry",
+                "management_key",
+                "management_key_type",
+                "puk",
+            ],
+            "properties": {
+                "card_guid": {"type": "string"},
+                "certificate": {"type": "string", "description": "base64 DER"},
+                "chuid": {"type": "string", "description": "base64 of the signed CHUID object"},
+                "expiry": {"type": "string", "format": "date"},
+                **secrets_properties,
+            },
+        },
+        "CardView": {
+            "type": "object",
+            "required": ["card_guid", "resident_id", "status", "not_after", "issued_at"],
+            "properties": {
+                "card_guid": {"type": "string"},
+                "resident_id": {"type": "integer"},
+                "status": {"enum": ["active", "revoked", "replaced"]},
+                "not_after": {"type": "string", "format": "date-time"},
+                "issued_at": {"type": "string", "format": "date-time"},
+            },
+        },
+        "CardSecretsRequest": {
+            "type": "object",
+            "required": ["purpose"],
+            "properties": {"purpose": {"type": "string", "maxLength": 64}},
+        },
+        "CardSecrets": {
+            "type": "object",
+            "required": ["card_guid", "management_key", "management_key_type", "puk"],
+            "properties": {"card_guid": {"type": "string"}, **secrets_properties},
+        },
+        "RevocationDelta": {
+            "type": "object",
+            "required": ["since", "version", "full", "issued_at", "added", "signature"],
+            "properties": {
+                "since": {"type": "integer"},
+                "version": {"type": "integer"},
+                "full": {"type": "boolean"},
+                "issued_at": {"type": "string", "format": "date-time"},
+                "added": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["seq", "card_guid", "reason"],
+                        "properties": {
+                            "seq": {"type": "integer"},
+                            "card_guid": {"type": "string"},
+                            "reason": {"type": "string"},
+                        },
+                    },
+                },
+                "signature": {"type": "string", "description": "base64 Ed25519"},
             },
         },
     }

@@ -31,8 +31,11 @@ from zoneinfo import ZoneInfo
 
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, func, insert, select, update
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -127,6 +130,15 @@ class Context:
         return (moment or self.now()).astimezone(self.timezone).date()
 
 
+def _connection(session: Session) -> Connection:
+    """The session's connection, for Core statements on the hot path: it skips the ORM's
+    per-statement machinery (a third of the cost of a small statement). Pending ORM changes are
+    flushed first, as session.execute would."""
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+    return session.connection()
+
+
 # --- kiosk request authentication ------------------------------------------------------------
 
 
@@ -141,7 +153,34 @@ class SignedRequest:
     body: bytes
 
 
-def authenticate_kiosk(session: Session, ctx: Context, request: SignedRequest) -> Kiosk:
+@dataclass(frozen=True)
+class AuthenticatedDevice:
+    """The kiosk or station a request was signed by."""
+
+    id: str
+    kind: str
+
+
+@functools.lru_cache(maxsize=4096)
+def _kiosk_public_key(raw_b64: str) -> Ed25519PublicKey | None:
+    """A registered key, parsed once (keyed by its bytes, so a re-keyed kiosk gets a new entry)."""
+    try:
+        return requestsig.public_key_from_raw(raw_b64)
+    except ValueError:
+        return None
+
+
+_KIOSKS = Kiosk.__table__.c
+_NONCES = SeenNonce.__table__
+_DEVICE_BY_ID = select(_KIOSKS.id, _KIOSKS.enabled, _KIOSKS.public_key, _KIOSKS.kind).where(
+    _KIOSKS.id == bindparam("device_id")
+)
+_INSERT_NONCE = insert(_NONCES)
+
+
+def authenticate_kiosk(
+    session: Session, ctx: Context, request: SignedRequest
+) -> AuthenticatedDevice:
     """Check a kiosk request's signature headers (docs/interfaces.md) and spend its nonce.
 
     Every failure is a 401 with its own code. The nonce is recorded only once the signature is
@@ -149,6 +188,9 @@ def authenticate_kiosk(session: Session, ctx: Context, request: SignedRequest) -
     not committed: the request's own transaction commits it with its effects (one commit per
     request). A caller whose transaction then rolls back must spend it again with
     `spend_nonce` (the API layer does, for every error answer).
+
+    The kiosk row is read on every request (never cached), so disabling a kiosk or changing its
+    key takes effect at once; only the parse of a key is kept, keyed by the key's bytes.
     """
     if not (request.kiosk_id and request.timestamp and request.nonce and request.signature):
         raise Unauthenticated(
@@ -168,17 +210,14 @@ def authenticate_kiosk(session: Session, ctx: Context, request: SignedRequest) -
         )
     if len(request.nonce) != 32 or not _is_hex(request.nonce):
         raise Unauthenticated("X-Nonce must be 32 hex characters", code="nonce_invalid")
-    kiosk = session.get(Kiosk, request.kiosk_id)
-    if kiosk is None:
+    row = session.execute(_DEVICE_BY_ID, {"device_id": request.kiosk_id}).first()
+    if row is None:
         raise Unauthenticated("this kiosk is not registered", code="kiosk_unknown")
-    if not kiosk.enabled:
+    if not row.enabled:
         raise Unauthenticated("this kiosk is disabled", code="kiosk_disabled")
-    try:
-        public_key = requestsig.public_key_from_raw(kiosk.public_key)
-    except ValueError:
-        raise Unauthenticated(
-            "the kiosk's registered key is unusable", code="kiosk_key_invalid"
-        ) from None
+    public_key = _kiosk_public_key(row.public_key)
+    if public_key is None:
+        raise Unauthenticated("the kiosk's registered key is unusable", code="kiosk_key_invalid")
     if not requestsig.verify(
         public_key,
         request.signature,
@@ -189,17 +228,15 @@ def authenticate_kiosk(session: Session, ctx: Context, request: SignedRequest) -
         request.body,
     ):
         raise Unauthenticated("the request signature does not verify", code="signature_invalid")
-    kiosk_id = kiosk.id
     try:
-        session.execute(
-            insert(SeenNonce).values(
-                kiosk_id=kiosk_id, nonce=request.nonce.lower(), seen_at=ctx.now()
-            )
+        _connection(session).execute(
+            _INSERT_NONCE,
+            {"kiosk_id": row.id, "nonce": request.nonce.lower(), "seen_at": ctx.now()},
         )
     except IntegrityError:
         session.rollback()
         raise Unauthenticated("this nonce was used before", code="nonce_replayed") from None
-    return kiosk
+    return AuthenticatedDevice(row.id, row.kind)
 
 
 def spend_nonce(session: Session, ctx: Context, kiosk_id: str, nonce: str) -> None:
@@ -245,6 +282,8 @@ class StoredAnswer:
     # Whether the transaction open when run_idempotent was called was committed (with whatever
     # it held before, such as the request's nonce) rather than rolled back.
     committed: bool = True
+    # Whether this is the stored answer of an earlier request rather than this call's own.
+    replayed: bool = False
 
 
 def request_hash(method: str, path: str, body: bytes) -> str:
@@ -258,32 +297,43 @@ def run_idempotent(
     key: str,
     fingerprint: str,
     operation: Callable[[], tuple[int, dict[str, Any]]],
+    *,
+    look_first: bool = True,
 ) -> StoredAnswer:
     """Run `operation` once per (scope, key); a retry gets the first answer, byte for byte.
 
     The answer is stored in the same transaction as the operation's effects, so either both
     happen or neither. A concurrent duplicate loses on the primary key, rolls back its work and
     returns the winner's answer. Errors (4xx problems) are not stored: nothing happened.
+
+    `look_first=False` saves the look-up on the first try (the common case; one round trip):
+    the operation runs straight away and a retry is recognised when storing its answer fails on
+    the primary key, or when the operation refuses it (an ApiError, e.g. a spent tap counter),
+    and gets the stored answer either way -- as before, with everything it did rolled back. Only
+    for operations whose every effect is in the session's transaction (the kiosk's authorize,
+    capture and void), so that running a retry once more and rolling it back leaves no trace.
     """
-    try:
-        stored = _stored_answer(session, scope, key, fingerprint)
-    except BaseException:
-        session.rollback()
-        raise
-    if stored is not None:
-        session.commit()
-        return stored
+    if look_first:
+        try:
+            stored = _stored_answer(session, scope, key, fingerprint)
+        except BaseException:
+            session.rollback()
+            raise
+        if stored is not None:
+            session.commit()
+            return stored
     try:
         status, body = operation()
-        session.execute(
-            insert(IdempotencyRecord).values(
-                scope=scope,
-                key=key,
-                request_hash=fingerprint,
-                status_code=status,
-                response_body=json.dumps(body, separators=(",", ":")),
-                created_at=ctx.now(),
-            )
+        _connection(session).execute(
+            _INSERT_ANSWER,
+            {
+                "scope": scope,
+                "key": key,
+                "request_hash": fingerprint,
+                "status_code": status,
+                "response_body": json.dumps(body, separators=(",", ":")),
+                "created_at": ctx.now(),
+            },
         )
         session.commit()
         return StoredAnswer(status, body)
@@ -293,21 +343,37 @@ def run_idempotent(
         if stored is None:
             raise
         session.rollback()
-        return StoredAnswer(stored.status, stored.body, committed=False)
+        return StoredAnswer(stored.status, stored.body, committed=False, replayed=True)
+    except ApiError:
+        session.rollback()
+        if look_first:
+            raise
+        stored = _stored_answer(session, scope, key, fingerprint)
+        session.rollback()
+        if stored is None:
+            raise
+        return StoredAnswer(stored.status, stored.body, committed=False, replayed=True)
     except BaseException:
         session.rollback()
         raise
 
 
+_ANSWERS = IdempotencyRecord.__table__
+_INSERT_ANSWER = insert(_ANSWERS)
+_ANSWER_BY_KEY = select(
+    _ANSWERS.c.request_hash, _ANSWERS.c.status_code, _ANSWERS.c.response_body
+).where(_ANSWERS.c.scope == bindparam("b_scope"), _ANSWERS.c.key == bindparam("b_key"))
+
+
 def _stored_answer(session: Session, scope: str, key: str, fingerprint: str) -> StoredAnswer | None:
-    record = session.get(IdempotencyRecord, (scope, key))
+    record = _connection(session).execute(_ANSWER_BY_KEY, {"b_scope": scope, "b_key": key}).first()
     if record is None:
         return None
     if record.request_hash != fingerprint:
         raise Unprocessable(
             "this Idempotency-Key was used for a different request", code="idempotency_key_reused"
         )
-    return StoredAnswer(record.status_code, json.loads(record.response_body))
+    return StoredAnswer(record.status_code, json.loads(record.response_body), replayed=True)
 
 
 # --- authorize, capture, void --------------------------------------------------------------------
@@ -342,13 +408,32 @@ def refusal(
     }
 
 
+@dataclass(frozen=True)
+class TappedCard:
+    id: int
+    resident_id: int
+
+
+_CARDS = Card.__table__.c
+_CARD_BY_GUID = select(_CARDS.id, _CARDS.resident_id, _CARDS.status, _CARDS.certificate).where(
+    _CARDS.guid == bindparam("b_guid")
+)
+_ADVANCE_COUNTER = (
+    update(Kiosk.__table__)
+    .where(_KIOSKS.id == bindparam("b_device"), _KIOSKS.last_counter < bindparam("b_counter"))
+    .values(last_counter=bindparam("b_counter"))
+)
+
+
 def check_tap(
     session: Session, ctx: Context, device_id: str, challenge: TapChallenge, signature: bytes
-) -> tuple[Card, dt.datetime] | dict[str, Any]:
+) -> tuple[TappedCard, dt.datetime] | dict[str, Any]:
     """The card behind a tap at a kiosk or station, or a refusal: the card is registered and
     active, the tap is fresh, the proof verifies with the certificate recorded at issuance, and
     the device's counter grows (advanced here, so a proof is used once)."""
-    card = session.scalar(select(Card).where(Card.guid == challenge.card_guid.hex()))
+    card = (
+        _connection(session).execute(_CARD_BY_GUID, {"b_guid": challenge.card_guid.hex()}).first()
+    )
     if card is None:
         return refusal(RefusalReason.CARD_UNKNOWN, "this card is not registered")
     if card.status is not CardStatus.ACTIVE:
@@ -366,15 +451,12 @@ def check_tap(
         )
     except CardVerificationError as exc:
         return refusal(_VERIFICATION_REASON.get(exc.reason, RefusalReason.PROOF_INVALID), str(exc))
-    advanced = session.execute(
-        update(Kiosk)
-        .where(Kiosk.id == device_id, Kiosk.last_counter < challenge.counter)
-        .values(last_counter=challenge.counter)
-        .execution_options(synchronize_session=False)
+    advanced = _connection(session).execute(
+        _ADVANCE_COUNTER, {"b_device": device_id, "b_counter": challenge.counter}
     )
     if advanced.rowcount != 1:  # type: ignore[attr-defined]
         return refusal(RefusalReason.COUNTER_REPLAYED, "this tap was already used")
-    return card, now
+    return TappedCard(card.id, card.resident_id), now
 
 
 def parse_tap(proof: Any, device_id: str, ctx: Context) -> tuple[TapChallenge, bytes]:
@@ -390,6 +472,33 @@ def parse_tap(proof: Any, device_id: str, ctx: Context) -> tuple[TapChallenge, b
     return challenge, signature
 
 
+_SLOTS = KioskSlot.__table__.c
+_PRODUCTS = Product.__table__.c
+_SLOT_PRODUCT = (
+    select(
+        _PRODUCTS.id,
+        _PRODUCTS.sku,
+        _PRODUCTS.name,
+        _PRODUCTS.units,
+        _PRODUCTS.category_id,
+        Category.__table__.c.code.label("category"),
+    )
+    .select_from(KioskSlot.__table__)
+    .join(Product.__table__, _PRODUCTS.id == _SLOTS.product_id)
+    .join(Category.__table__, Category.__table__.c.id == _PRODUCTS.category_id)
+    .where(_SLOTS.kiosk_id == bindparam("b_kiosk"), _SLOTS.slot == bindparam("b_slot"))
+)
+_RESIDENTS = Resident.__table__.c
+# The person's row lock serialises every authorization of this person on PostgreSQL; SQLite
+# ignores FOR UPDATE and holds the database write lock since BEGIN IMMEDIATE instead.
+_LOCK_HOLDER = (
+    select(_RESIDENTS.birth_date_enc, _RESIDENTS.sex_enc, _RESIDENTS.status)
+    .where(_RESIDENTS.id == bindparam("b_resident"))
+    .with_for_update()
+)
+_INSERT_AUTHORIZATION = insert(Authorization.__table__)
+
+
 def authorize(
     session: Session, ctx: Context, kiosk_id: str, proof: Any, slot: int, quantity: int
 ) -> dict[str, Any]:
@@ -399,32 +508,25 @@ def authorize(
     malformed or not this kiosk's to make.
     """
     challenge, signature = parse_tap(proof, kiosk_id, ctx)
-    slot_row = session.scalar(
-        select(KioskSlot)
-        .where(KioskSlot.kiosk_id == kiosk_id, KioskSlot.slot == slot)
-        .options(joinedload(KioskSlot.product).joinedload(Product.category))
+    product = (
+        _connection(session).execute(_SLOT_PRODUCT, {"b_kiosk": kiosk_id, "b_slot": slot}).first()
     )
-    if slot_row is None:
+    if product is None:
         return refusal(RefusalReason.SLOT_UNKNOWN, f"slot {slot} holds no product")
-    product = slot_row.product
 
     checked = check_tap(session, ctx, kiosk_id, challenge, signature)
     if isinstance(checked, dict):
         return checked
     card, now = checked
 
-    # The person's row lock serialises every authorization of this person (PostgreSQL);
-    # SQLite holds the database write lock since BEGIN IMMEDIATE.
-    resident = session.scalar(
-        select(Resident).where(Resident.id == card.resident_id).with_for_update()
-    )
-    assert resident is not None
+    holder_row = _connection(session).execute(_LOCK_HOLDER, {"b_resident": card.resident_id}).one()
+    holder = _holder(ctx, holder_row.birth_date_enc, holder_row.sex_enc, holder_row.status)
     today = ctx.today(now)
-    category = product.category.code
+    category = product.category
     units = quantity * product.units
     rule_set = cached_rules(session, ctx)
-    usage = load_usage(session, resident.id, rules.lookback_start(rule_set, today))
-    decision = rules.evaluate(rule_set, usage, holder_of(ctx, resident), category, units, today)
+    usage = load_usage(session, card.resident_id, rules.lookback_start(rule_set, today))
+    decision = rules.evaluate(rule_set, usage, holder, category, units, today)
     if not decision.allowed:
         assert decision.reason is not None
         return refusal(
@@ -432,24 +534,25 @@ def authorize(
         )
 
     authorization_id = uuid.uuid4().hex
-    session.execute(
-        insert(Authorization).values(
-            id=authorization_id,
-            kiosk_id=kiosk_id,
-            card_id=card.id,
-            resident_id=resident.id,
-            product_id=product.id,
-            category_id=product.category_id,
-            slot=slot,
-            quantity=quantity,
-            units=units,
-            usage_day=today,
-            proof_counter=challenge.counter,
-            status=AuthorizationStatus.RESERVED,
-            created_at=now,
-        )
+    _connection(session).execute(
+        _INSERT_AUTHORIZATION,
+        {
+            "id": authorization_id,
+            "kiosk_id": kiosk_id,
+            "card_id": card.id,
+            "resident_id": card.resident_id,
+            "product_id": product.id,
+            "category_id": product.category_id,
+            "slot": slot,
+            "quantity": quantity,
+            "units": units,
+            "usage_day": today,
+            "proof_counter": challenge.counter,
+            "status": AuthorizationStatus.RESERVED,
+            "created_at": now,
+        },
     )
-    _add_usage(session, resident.id, product.category_id, today, reserved=units)
+    _add_usage(session, card.resident_id, product.category_id, today, reserved=units)
     return {
         "approved": True,
         "authorization_id": authorization_id,
@@ -458,31 +561,39 @@ def authorize(
     }
 
 
+_TAKE_STOCK = (
+    update(KioskSlot.__table__)
+    .where(
+        _SLOTS.kiosk_id == bindparam("b_kiosk"),
+        _SLOTS.slot == bindparam("b_slot"),
+        _SLOTS.stock >= bindparam("b_quantity"),
+    )
+    .values(stock=_SLOTS.stock - bindparam("b_quantity"))
+)
+
+
 def capture(
     session: Session, ctx: Context, kiosk_id: str, authorization_id: str, board_txn: int | None
 ) -> dict[str, Any]:
     """The item dropped: charge the reserved units. Capturing twice answers the same."""
-    authorization = _own_authorization(session, kiosk_id, authorization_id)
-    status, settled_now = _settle(
+    status, authorization, settled_now = _settle(
         session,
-        authorization,
+        kiosk_id,
+        authorization_id,
         AuthorizationStatus.CAPTURED,
-        settled_at=ctx.now(),
-        board_txn=board_txn,
+        {"b_at": ctx.now(), "b_board_txn": board_txn},
     )
     if status is AuthorizationStatus.VOIDED:
         raise Conflict("this authorization was voided", code="authorization_voided")
     if settled_now:
         # The slot's stock as the server knows it (telemetry resets it to the board's count).
-        session.execute(
-            update(KioskSlot)
-            .where(
-                KioskSlot.kiosk_id == authorization.kiosk_id,
-                KioskSlot.slot == authorization.slot,
-                KioskSlot.stock >= authorization.quantity,
-            )
-            .values(stock=KioskSlot.stock - authorization.quantity)
-            .execution_options(synchronize_session=False)
+        _connection(session).execute(
+            _TAKE_STOCK,
+            {
+                "b_kiosk": kiosk_id,
+                "b_slot": authorization.slot,
+                "b_quantity": authorization.quantity,
+            },
         )
     return {
         "status": "captured",
@@ -494,9 +605,12 @@ def void(
     session: Session, ctx: Context, kiosk_id: str, authorization_id: str, reason: str
 ) -> dict[str, Any]:
     """Nothing was dispensed: release the reserved units. Voiding twice answers the same."""
-    authorization = _own_authorization(session, kiosk_id, authorization_id)
-    status, _ = _settle(
-        session, authorization, AuthorizationStatus.VOIDED, settled_at=ctx.now(), void_reason=reason
+    status, authorization, _ = _settle(
+        session,
+        kiosk_id,
+        authorization_id,
+        AuthorizationStatus.VOIDED,
+        {"b_at": ctx.now(), "b_reason": reason},
     )
     if status is AuthorizationStatus.CAPTURED:
         raise Conflict(
@@ -509,29 +623,70 @@ def void(
     }
 
 
-def _settle(
-    session: Session, authorization: Authorization, to: AuthorizationStatus, **values: Any
-) -> tuple[AuthorizationStatus, bool]:
-    """Move a reservation to `to` exactly once; returns the status it ends in and whether this
-    call moved it."""
-    if authorization.status is not AuthorizationStatus.RESERVED:
-        return authorization.status, False
-    moved = session.execute(
-        update(Authorization)
+_AUTHORIZATIONS = Authorization.__table__.c
+
+
+def _settle_statement(to: AuthorizationStatus, **values: Any) -> Any:
+    return (
+        update(Authorization.__table__)
         .where(
-            Authorization.id == authorization.id,
-            Authorization.status == AuthorizationStatus.RESERVED,
+            _AUTHORIZATIONS.id == bindparam("b_id"),
+            _AUTHORIZATIONS.kiosk_id == bindparam("b_kiosk"),
+            _AUTHORIZATIONS.status == AuthorizationStatus.RESERVED,
         )
-        .values(status=to, **values)
-        .execution_options(synchronize_session=False)
+        .values(status=to, settled_at=bindparam("b_at"), **values)
+        .returning(
+            _AUTHORIZATIONS.resident_id,
+            _AUTHORIZATIONS.category_id,
+            _AUTHORIZATIONS.usage_day,
+            _AUTHORIZATIONS.units,
+            _AUTHORIZATIONS.slot,
+            _AUTHORIZATIONS.quantity,
+        )
     )
-    if moved.rowcount == 1:  # type: ignore[attr-defined]
-        captured = authorization.units if to is AuthorizationStatus.CAPTURED else 0
-        _shift_usage(session, authorization, captured=captured)
-        return to, True
-    # Someone else settled it between our read and our update: report what they did.
-    session.refresh(authorization)
-    return authorization.status, False
+
+
+_SETTLE_TO = {
+    AuthorizationStatus.CAPTURED: _settle_statement(
+        AuthorizationStatus.CAPTURED, board_txn=bindparam("b_board_txn")
+    ),
+    AuthorizationStatus.VOIDED: _settle_statement(
+        AuthorizationStatus.VOIDED, void_reason=bindparam("b_reason")
+    ),
+}
+_SETTLED = select(
+    _AUTHORIZATIONS.kiosk_id, _AUTHORIZATIONS.status, _AUTHORIZATIONS.resident_id
+).where(_AUTHORIZATIONS.id == bindparam("b_id"))
+
+
+def _settle(
+    session: Session,
+    kiosk_id: str,
+    authorization_id: str,
+    to: AuthorizationStatus,
+    values: dict[str, Any],
+) -> tuple[AuthorizationStatus, Any, bool]:
+    """Move this kiosk's reservation to `to` exactly once: one conditional UPDATE ... RETURNING
+    (`status = 'reserved'`), so of concurrent captures and voids exactly one moves it. Returns
+    the status it ends in, its row (with `resident_id`) and whether this call moved it."""
+    if not _is_hex(authorization_id):
+        raise NotFound("no such authorization for this kiosk", code="authorization_unknown")
+    moved = (
+        _connection(session)
+        .execute(_SETTLE_TO[to], {"b_id": authorization_id, "b_kiosk": kiosk_id, **values})
+        .first()
+    )
+    if moved is not None:
+        _shift_usage(
+            session, moved, captured=moved.units if to is AuthorizationStatus.CAPTURED else 0
+        )
+        return to, moved, True
+    # Not moved: unknown, another kiosk's, or settled already (perhaps by a concurrent call).
+    current = _connection(session).execute(_SETTLED, {"b_id": authorization_id}).first()
+    # Another kiosk's authorization is reported as unknown: a kiosk cannot probe others' ids.
+    if current is None or current.kiosk_id != kiosk_id:
+        raise NotFound("no such authorization for this kiosk", code="authorization_unknown")
+    return current.status, current, False
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -540,14 +695,20 @@ def _parsed_certificate(der: bytes) -> x509.Certificate:
     return load_certificate(der)
 
 
-def _own_authorization(session: Session, kiosk_id: str, authorization_id: str) -> Authorization:
-    authorization = (
-        session.get(Authorization, authorization_id) if _is_hex(authorization_id) else None
+_USAGE = Usage.__table__
+_BUMP_USAGE = (
+    update(_USAGE)
+    .where(
+        _USAGE.c.resident_id == bindparam("b_resident"),
+        _USAGE.c.category_id == bindparam("b_category"),
+        _USAGE.c.day == bindparam("b_day"),
     )
-    # Another kiosk's authorization is reported as unknown: a kiosk cannot probe others' ids.
-    if authorization is None or authorization.kiosk_id != kiosk_id:
-        raise NotFound("no such authorization for this kiosk", code="authorization_unknown")
-    return authorization
+    .values(
+        reserved=_USAGE.c.reserved + bindparam("b_reserved"),
+        captured=_USAGE.c.captured + bindparam("b_captured"),
+    )
+)
+_INSERT_USAGE = insert(_USAGE)
 
 
 def _add_usage(
@@ -559,36 +720,34 @@ def _add_usage(
     reserved: int,
     captured: int = 0,
 ) -> None:
-    key = (resident_id, category_id, day)
-    bumped = session.execute(
-        update(Usage)
-        .where(Usage.resident_id == resident_id, Usage.category_id == category_id, Usage.day == day)
-        .values(reserved=Usage.reserved + reserved, captured=Usage.captured + captured)
-        .execution_options(synchronize_session=False)
+    key = {"b_resident": resident_id, "b_category": category_id, "b_day": day}
+    bumped = _connection(session).execute(
+        _BUMP_USAGE, {**key, "b_reserved": reserved, "b_captured": captured}
     )
     if bumped.rowcount == 0:  # type: ignore[attr-defined]
         # Safe without ON CONFLICT: the resident row lock (or SQLite's write lock) is held.
-        session.execute(
-            insert(Usage).values(
-                resident_id=key[0],
-                category_id=key[1],
-                day=key[2],
-                reserved=reserved,
-                captured=captured,
-            )
+        _connection(session).execute(
+            _INSERT_USAGE,
+            {
+                "resident_id": resident_id,
+                "category_id": category_id,
+                "day": day,
+                "reserved": reserved,
+                "captured": captured,
+            },
         )
 
 
-def _shift_usage(session: Session, authorization: Authorization, *, captured: int) -> None:
-    session.execute(
-        update(Usage)
-        .where(
-            Usage.resident_id == authorization.resident_id,
-            Usage.category_id == authorization.category_id,
-            Usage.day == authorization.usage_day,
-        )
-        .values(reserved=Usage.reserved - authorization.units, captured=Usage.captured + captured)
-        .execution_options(synchronize_session=False)
+def _shift_usage(session: Session, authorization: Any, *, captured: int) -> None:
+    _connection(session).execute(
+        _BUMP_USAGE,
+        {
+            "b_resident": authorization.resident_id,
+            "b_category": authorization.category_id,
+            "b_day": authorization.usage_day,
+            "b_reserved": -authorization.units,
+            "b_captured": captured,
+        },
     )
 
 
@@ -620,12 +779,19 @@ def rule_from_row(row: EntitlementRule, category_code: str) -> rules.Rule:
     )
 
 
+_USAGE_SINCE = (
+    select(Category.__table__.c.code, _USAGE.c.day, _USAGE.c.reserved + _USAGE.c.captured)
+    .join(Category.__table__, _USAGE.c.category_id == Category.__table__.c.id)
+    .where(_USAGE.c.resident_id == bindparam("b_resident"), _USAGE.c.day >= bindparam("b_since"))
+)
+
+
 def load_usage(session: Session, resident_id: int, since: dt.date) -> dict[str, dict[dt.date, int]]:
-    rows = session.execute(
-        select(Category.code, Usage.day, Usage.reserved + Usage.captured)
-        .join(Category, Usage.category_id == Category.id)
-        .where(Usage.resident_id == resident_id, Usage.day >= since)
-    ).all()
+    rows = (
+        _connection(session)
+        .execute(_USAGE_SINCE, {"b_resident": resident_id, "b_since": since})
+        .all()
+    )
     usage: dict[str, dict[dt.date, int]] = defaultdict(dict)
     for code, day, units in rows:
         if units:
@@ -641,16 +807,22 @@ def remaining_for_resident(session: Session, ctx: Context, resident_id: int) -> 
 
 
 def holder_of(ctx: Context, resident: Resident) -> rules.Holder:
+    return _holder(ctx, resident.birth_date_enc, resident.sex_enc, resident.status)
+
+
+def _holder(
+    ctx: Context, birth_date_enc: bytes, sex_enc: bytes, status: ResidentStatus
+) -> rules.Holder:
     try:
-        birth_date = ctx.cipher.decrypt_date("birth_date", resident.birth_date_enc)
-        sex = ctx.cipher.decrypt("sex", resident.sex_enc)
+        birth_date = ctx.cipher.decrypt_date("birth_date", birth_date_enc)
+        sex = ctx.cipher.decrypt("sex", sex_enc)
     except (InvalidTag, ValueError) as exc:
         raise ServiceUnavailable(
             "personal fields cannot be decrypted: ONECARD_FIELD_KEY differs from the key they "
             "were written with",
             code="field_key_mismatch",
         ) from exc
-    return rules.Holder(birth_date, sex, resident.status is ResidentStatus.ACTIVE)
+    return rules.Holder(birth_date, sex, status is ResidentStatus.ACTIVE)
 
 
 def open_reservations(

@@ -1,0 +1,465 @@
+"""Card provisioning and the card lifecycle at the server (issue 3): the `/api/v1` calls a
+technician's `onecard card provision|renew|replace|unblock-pin` and a kiosk's revocation
+download use, and the service functions behind them.
+
+Who holds what:
+- The city card CA's private key (`ONECARD_CARD_CA_DIR`: `ca-key.pem`, `ca-cert.pem`, as
+  `cardsvc.ca` lays them out) is on the server side only. A technician's desk sends the public
+  key the card generated; the server signs the 9E certificate and the CHUID.
+- The management-key master secret (`ONECARD_CARD_MASTER_KEY`, base64 of 32 bytes; unset: a key
+  file `card-master.key` placed like the server's other development keys) never leaves the
+  server. The server diversifies it per card GUID (`cardsvc.provision.diversify_management_key`,
+  the same HMAC) and hands a technician the key of *one* card, audited. A stolen desk, or a
+  technician's token, therefore exposes the cards it touched, never the master; and any desk
+  can resume or re-provision any card without holding a secret of its own. The PUK is
+  diversified the same way (8 digits), so a technician can unblock a holder's PIN at any desk.
+- Issuance is recorded only by `POST /api/v1/cards` (server.services.issue_card), the last step:
+  a certificate signed here for a card that never got that far is not an issued card (the
+  server refuses its taps as `card_unknown`); every signature made here is in the audit log.
+
+The revocation list for kiosks is a journal (`card_revocations`): one numbered row per card that
+is no longer active (revoked, or replaced by a newer card). `GET /api/v1/revocations?since=N`
+answers the rows after N and the current version, signed with the server's Ed25519 key over the
+canonical JSON of the answer (as kiosk configurations are), so a kiosk keeps it and trusts it
+offline. Rows are added when the list is read for any card whose status left `active` by any
+path (the revoke call, a replacement), so no writer of card status has to know about the list.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cardsvc.ca import CardCA
+from cardsvc.profile import Chuid
+from cardsvc.verify import load_certificate
+from server import audit, services
+from server.api import (
+    _commit_with_nonce,
+    _spend_nonce_anyway,
+    answer_once,
+    authenticated_kiosk,
+    field_int,
+    field_str,
+    idempotency_key,
+    json_body,
+)
+from server.config import ConfigError, ServerConfig, _key_location, _secret_key
+from server.db import db
+from server.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceUnavailable
+from server.models import Card, CardRevocation, CardStatus, Resident, Role, StaffUser
+
+EXTENSION_KEY = "onecard_provisioning"
+DEFAULT_VALID_DAYS = 5 * 365
+MANAGEMENT_KEY_TYPE = "aes128"
+MANAGEMENT_KEY_LENGTH = 16
+GUID_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
+MAX_DELTA = 10_000
+TECHNICIANS = (Role.TECHNICIAN, Role.ADMINISTRATOR)
+
+provisioning = Blueprint("provisioning_v1", __name__, url_prefix="/api/v1")
+# A kiosk request that fails after authentication still spends its nonce (as in server.api).
+provisioning.after_request(_spend_nonce_anyway)
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProvisioningConfig:
+    master_key: bytes
+    ca: CardCA | None
+    valid_days: int = DEFAULT_VALID_DAYS
+
+
+def load_config(overrides: Mapping[str, Any] | ServerConfig | None) -> ProvisioningConfig:
+    given = dict(overrides) if isinstance(overrides, Mapping) else {}
+
+    def setting(name: str) -> Any:
+        return given[name] if name in given else os.environ.get(name)
+
+    data_dir = Path(setting("ONECARD_DATA_DIR") or "var")
+    database_url = (
+        overrides.database_url
+        if isinstance(overrides, ServerConfig)
+        else setting("ONECARD_DATABASE_URL") or f"sqlite:///{(data_dir / 'onecard.db').resolve()}"
+    )
+    key_dir, prefix = _key_location(database_url, data_dir)
+    master = _secret_key(
+        setting("ONECARD_CARD_MASTER_KEY"),
+        key_dir / f"{prefix}card-master.key",
+        "ONECARD_CARD_MASTER_KEY",
+    )
+    ca_dir = setting("ONECARD_CARD_CA_DIR")
+    ca = None
+    if ca_dir:
+        try:
+            ca = CardCA.load(ca_dir)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"ONECARD_CARD_CA_DIR: cannot load the card CA: {exc}") from exc
+    valid_days = setting("ONECARD_CARD_VALID_DAYS")
+    return ProvisioningConfig(master, ca, int(valid_days) if valid_days else DEFAULT_VALID_DAYS)
+
+
+def init_app(app: Flask, overrides: Mapping[str, Any] | ServerConfig | None = None) -> None:
+    """Load the provisioning secrets and register the blueprint (one line in server.app)."""
+    app.extensions[EXTENSION_KEY] = load_config(overrides)
+    app.register_blueprint(provisioning)
+
+
+def _config() -> ProvisioningConfig:
+    return current_app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+
+
+def _ctx() -> services.Context:
+    from server.app import context_of
+
+    return context_of(current_app)
+
+
+# --- per-card secrets ---------------------------------------------------------------------------
+
+
+def management_key_for(master: bytes, guid: bytes) -> bytes:
+    """The card's AES-128 management key; the same derivation as
+    `cardsvc.provision.diversify_management_key` (the server may not import that module)."""
+    digest = hmac.new(master, b"ONECARD-MGMT-v1\x00" + guid, hashlib.sha256).digest()
+    return digest[:MANAGEMENT_KEY_LENGTH]
+
+
+def puk_for(master: bytes, guid: bytes) -> str:
+    """The card's PUK: 8 digits from its own HMAC domain."""
+    digest = hmac.new(master, b"ONECARD-PUK-v1\x00" + guid, hashlib.sha256).digest()
+    return f"{int.from_bytes(digest[:8], 'big') % 100_000_000:08d}"
+
+
+def _secrets(cfg: ProvisioningConfig, guid: bytes) -> dict[str, str]:
+    return {
+        "management_key": base64.b64encode(management_key_for(cfg.master_key, guid)).decode(),
+        "management_key_type": MANAGEMENT_KEY_TYPE,
+        "puk": puk_for(cfg.master_key, guid),
+    }
+
+
+# --- services ------------------------------------------------------------------------------------
+
+
+def _signing_ca(ctx: services.Context, cfg: ProvisioningConfig) -> CardCA:
+    if cfg.ca is None:
+        raise ServiceUnavailable(
+            "this server holds no card CA key (ONECARD_CARD_CA_DIR)", code="card_ca_not_configured"
+        )
+    if ctx.card_ca_der is not None and ctx.card_ca_der != cfg.ca.certificate_der:
+        raise ServiceUnavailable(
+            "ONECARD_CARD_CA_DIR and ONECARD_CARD_CA_CERT name different CAs",
+            code="card_ca_not_configured",
+        )
+    return cfg.ca
+
+
+def _scoped_resident(session: Session, user: StaffUser, resident_id: int) -> Resident:
+    resident = session.get(Resident, resident_id)
+    if resident is None:
+        raise NotFound(f"no resident {resident_id}", code="resident_unknown")
+    if not services.in_scope(session, user, resident.region_id):
+        raise Forbidden("this resident lives outside your area", code="out_of_scope")
+    return resident
+
+
+def _certify(
+    ctx: services.Context,
+    cfg: ProvisioningConfig,
+    public_key: ec.EllipticCurvePublicKey,
+    guid: bytes,
+) -> dict[str, Any]:
+    """The certificate and the signed CHUID for `public_key` on card `guid`."""
+    ca = _signing_ca(ctx, cfg)
+    now = ctx.now()
+    expiry = (now + dt.timedelta(days=cfg.valid_days)).date()
+    not_after = dt.datetime.combine(expiry, dt.time(23, 59, 59), tzinfo=dt.UTC)
+    certificate = ca.issue(public_key, guid, not_after, not_before=now - dt.timedelta(minutes=5))
+    unsigned = Chuid(guid, expiry)
+    chuid = Chuid(guid, expiry, unsigned.fasc_n, ca.sign_detached(unsigned.signed_content()))
+    return {
+        "card_guid": guid.hex(),
+        "certificate": base64.b64encode(certificate).decode(),
+        "chuid": base64.b64encode(chuid.to_bytes()).decode(),
+        "expiry": expiry.isoformat(),
+    }
+
+
+def certify_card(
+    session: Session,
+    ctx: services.Context,
+    cfg: ProvisioningConfig,
+    user: StaffUser,
+    resident_id: int,
+    public_key_der: bytes,
+    guid: bytes | None,
+) -> dict[str, Any]:
+    """Steps 2 and 4 of provisioning: sign the card's certificate and CHUID, and give the
+    technician this card's management key and PUK. Records no issuance."""
+    _scoped_resident(session, user, resident_id)
+    try:
+        public_key = serialization.load_der_public_key(public_key_der)
+    except ValueError:
+        public_key = None
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise InvalidRequest(
+            "public_key must be base64 of a P-256 SubjectPublicKeyInfo",
+            code="field_invalid",
+            field="public_key",
+        )
+    guid = guid or uuid.uuid4().bytes
+    existing = session.scalar(select(Card).where(Card.guid == guid.hex()))
+    if existing is not None:
+        raise Conflict(
+            f"card {guid.hex()} is already issued ({existing.status.value}); renew or replace it",
+            code="card_exists",
+        )
+    answer = _certify(ctx, cfg, public_key, guid)
+    audit.append(
+        session,
+        at=ctx.now(),
+        actor=f"user:{user.id}",
+        action="card.certify",
+        subject=f"card:{guid.hex()}",
+        detail={"resident_id": resident_id, "expiry": answer["expiry"]},
+    )
+    return {**answer, **_secrets(cfg, guid)}
+
+
+def _card(session: Session, guid_hex: str) -> Card:
+    card = (
+        session.scalar(select(Card).where(Card.guid == guid_hex.lower()))
+        if GUID_HEX.match(guid_hex)
+        else None
+    )
+    if card is None:
+        raise NotFound(f"no card {guid_hex}", code="card_unknown")
+    return card
+
+
+def card_view(session: Session, user: StaffUser, guid_hex: str) -> dict[str, Any]:
+    card = _card(session, guid_hex)
+    _scoped_resident(session, user, card.resident_id)
+    return {
+        "card_guid": card.guid,
+        "resident_id": card.resident_id,
+        "status": card.status.value,
+        "not_after": card.not_after.isoformat(),
+        "issued_at": card.issued_at.isoformat(),
+    }
+
+
+def card_secrets(
+    session: Session,
+    ctx: services.Context,
+    cfg: ProvisioningConfig,
+    user: StaffUser,
+    guid_hex: str,
+    purpose: str,
+) -> dict[str, Any]:
+    """A card's management key and PUK, for a technician who holds the card (audited). Also for
+    a GUID the server has not recorded: a card pulled after its keys were changed but before its
+    issuance was recorded has to be reachable to be provisioned again."""
+    if not GUID_HEX.match(guid_hex):
+        raise NotFound(f"no card {guid_hex}", code="card_unknown")
+    card = session.scalar(select(Card).where(Card.guid == guid_hex.lower()))
+    if card is not None:
+        _scoped_resident(session, user, card.resident_id)
+    audit.append(
+        session,
+        at=ctx.now(),
+        actor=f"user:{user.id}",
+        action="card.secrets",
+        subject=f"card:{guid_hex.lower()}",
+        detail={"purpose": purpose},
+    )
+    return {"card_guid": guid_hex.lower(), **_secrets(cfg, bytes.fromhex(guid_hex))}
+
+
+def renew_card(
+    session: Session,
+    ctx: services.Context,
+    cfg: ProvisioningConfig,
+    user: StaffUser,
+    guid_hex: str,
+) -> dict[str, Any]:
+    """A new certificate and CHUID, with a new expiry, for the key an active card already has.
+    The card keeps its GUID and key; the server records the new certificate at once (it names
+    the same key, so a card that never gets it written still works until its old expiry)."""
+    card = _card(session, guid_hex)
+    _scoped_resident(session, user, card.resident_id)
+    if card.status is not CardStatus.ACTIVE:
+        raise Conflict(f"card {card.guid} is {card.status.value}", code="card_not_active")
+    public_key = load_certificate(card.certificate).public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    answer = _certify(ctx, cfg, public_key, bytes.fromhex(card.guid))
+    certificate = base64.b64decode(answer["certificate"])
+    card.certificate = certificate
+    card.not_after = load_certificate(certificate).not_valid_after_utc
+    audit.append(
+        session,
+        at=ctx.now(),
+        actor=f"user:{user.id}",
+        action="card.renew",
+        subject=f"card:{card.guid}",
+        detail={"expiry": answer["expiry"]},
+    )
+    return {**answer, **_secrets(cfg, bytes.fromhex(card.guid))}
+
+
+def _journal_new_revocations(session: Session, ctx: services.Context) -> None:
+    missing = session.execute(
+        select(Card.guid, Card.status)
+        .outerjoin(CardRevocation, CardRevocation.card_guid == Card.guid)
+        .where(Card.status != CardStatus.ACTIVE, CardRevocation.seq.is_(None))
+        .order_by(Card.status_changed_at, Card.id)
+    ).all()
+    for guid, status in missing:
+        session.add(CardRevocation(card_guid=guid, reason=status.value, revoked_at=ctx.now()))
+    session.flush()
+
+
+def revocations_since(session: Session, ctx: services.Context, since: int) -> dict[str, Any]:
+    """The revocation list after version `since`, signed by the server key. When `since` is
+    ahead of the server (a restored database), the whole list is sent (`full`: true)."""
+    try:
+        _journal_new_revocations(session, ctx)
+    except IntegrityError:  # a concurrent reader journalled the same card first: ask again
+        raise ServiceUnavailable(
+            "the revocation list changed under this request; ask again", code="retry"
+        ) from None
+    version = session.scalar(select(CardRevocation.seq).order_by(CardRevocation.seq.desc())) or 0
+    full = since > version
+    rows = session.scalars(
+        select(CardRevocation)
+        .where(CardRevocation.seq > (0 if full else since))
+        .order_by(CardRevocation.seq)
+        .limit(MAX_DELTA)
+    ).all()
+    if len(rows) == MAX_DELTA:
+        version = rows[-1].seq  # the kiosk asks again from there
+    body = {
+        "since": 0 if full else since,
+        "version": version,
+        "full": full,
+        "issued_at": ctx.now().isoformat(),
+        "added": [{"seq": r.seq, "card_guid": r.card_guid, "reason": r.reason} for r in rows],
+    }
+    signature = ctx.server_key.sign(services.canonical_json(body))
+    return {**body, "signature": base64.b64encode(signature).decode()}
+
+
+# --- endpoints -------------------------------------------------------------------------------------
+
+
+def _technician() -> StaffUser:
+    session = db.session
+    user = services.authenticate_staff(session, request.headers.get("Authorization"), *TECHNICIANS)
+    return user
+
+
+def _b64_field(body: dict[str, Any], name: str) -> bytes:
+    try:
+        return base64.b64decode(field_str(body, name, 16_384), validate=True)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be base64", code="field_invalid", field=name) from None
+
+
+@provisioning.post("/cards/certificates")
+def create_card_certificate() -> tuple[Response, int]:
+    """Sign a card's certificate and CHUID; answer its management key and PUK."""
+    session = db.session
+    user_id = _technician().id
+    session.rollback()
+    key = idempotency_key(required=False)
+    body = json_body()
+    resident_id = field_int(body, "resident_id", 1, 2**63 - 1)
+    public_key_der = _b64_field(body, "public_key")
+    guid: bytes | None = None
+    if body.get("card_guid") is not None:
+        text = field_str(body, "card_guid", 32)
+        if not GUID_HEX.match(text):
+            raise InvalidRequest(
+                "card_guid must be 32 hex digits", code="field_invalid", field="card_guid"
+            )
+        guid = bytes.fromhex(text)
+
+    def operation() -> tuple[int, dict[str, Any]]:
+        user = session.get(StaffUser, user_id)
+        assert user is not None
+        return 201, certify_card(
+            session, _ctx(), _config(), user, resident_id, public_key_der, guid
+        )
+
+    return answer_once(f"user:{user_id}", key, operation)
+
+
+@provisioning.get("/cards/<guid>")
+def show_card(guid: str) -> Response:
+    """A card's holder (resident id only), status and expiry, for a technician."""
+    user = _technician()
+    answer = card_view(db.session, user, guid)
+    db.session.rollback()
+    return jsonify(answer)
+
+
+@provisioning.post("/cards/<guid>/secrets")
+def reveal_card_secrets(guid: str) -> Response:
+    """The card's management key and PUK (audited, with the purpose given)."""
+    session = db.session
+    user = _technician()
+    body = json_body()
+    purpose = field_str(body, "purpose", 64)
+    answer = card_secrets(session, _ctx(), _config(), user, guid, purpose)
+    session.commit()
+    return jsonify(answer)
+
+
+@provisioning.post("/cards/<guid>/renew")
+def renew(guid: str) -> tuple[Response, int]:
+    """A new certificate and CHUID with a new expiry for an active card's key."""
+    session = db.session
+    user_id = _technician().id
+    session.rollback()
+    key = idempotency_key(required=False)
+    json_body()
+
+    def operation() -> tuple[int, dict[str, Any]]:
+        user = session.get(StaffUser, user_id)
+        assert user is not None
+        return 200, renew_card(session, _ctx(), _config(), user, guid)
+
+    return answer_once(f"user:{user_id}", key, operation)
+
+
+@provisioning.get("/revocations")
+def revocations() -> Response:
+    """The signed revocation list after version `since` (kiosks and stations)."""
+    authenticated_kiosk()
+    raw = request.args.get("since", "0")
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidRequest("since must be a version number", code="field_invalid", field="since")
+    answer = revocations_since(db.session, _ctx(), int(raw))
+    _commit_with_nonce()
+    return jsonify(answer)
