@@ -26,7 +26,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from cryptography import x509
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -130,6 +130,11 @@ class Context:
         return (moment or self.now()).astimezone(self.timezone).date()
 
 
+def _table(model: type[Any]) -> Table:
+    """A mapped class's table, for Core statements (typed: `__table__` is a FromClause)."""
+    return cast(Table, model.__table__)
+
+
 def _connection(session: Session) -> Connection:
     """The session's connection, for Core statements on the hot path: it skips the ORM's
     per-statement machinery (a third of the cost of a small statement). Pending ORM changes are
@@ -170,8 +175,8 @@ def _kiosk_public_key(raw_b64: str) -> Ed25519PublicKey | None:
         return None
 
 
-_KIOSKS = Kiosk.__table__.c
-_NONCES = SeenNonce.__table__
+_KIOSKS = _table(Kiosk).c
+_NONCES = _table(SeenNonce)
 _DEVICE_BY_ID = select(_KIOSKS.id, _KIOSKS.enabled, _KIOSKS.public_key, _KIOSKS.kind).where(
     _KIOSKS.id == bindparam("device_id")
 )
@@ -358,7 +363,7 @@ def run_idempotent(
         raise
 
 
-_ANSWERS = IdempotencyRecord.__table__
+_ANSWERS = _table(IdempotencyRecord)
 _INSERT_ANSWER = insert(_ANSWERS)
 _ANSWER_BY_KEY = select(
     _ANSWERS.c.request_hash, _ANSWERS.c.status_code, _ANSWERS.c.response_body
@@ -414,12 +419,12 @@ class TappedCard:
     resident_id: int
 
 
-_CARDS = Card.__table__.c
+_CARDS = _table(Card).c
 _CARD_BY_GUID = select(_CARDS.id, _CARDS.resident_id, _CARDS.status, _CARDS.certificate).where(
     _CARDS.guid == bindparam("b_guid")
 )
 _ADVANCE_COUNTER = (
-    update(Kiosk.__table__)
+    update(_table(Kiosk))
     .where(_KIOSKS.id == bindparam("b_device"), _KIOSKS.last_counter < bindparam("b_counter"))
     .values(last_counter=bindparam("b_counter"))
 )
@@ -472,8 +477,8 @@ def parse_tap(proof: Any, device_id: str, ctx: Context) -> tuple[TapChallenge, b
     return challenge, signature
 
 
-_SLOTS = KioskSlot.__table__.c
-_PRODUCTS = Product.__table__.c
+_SLOTS = _table(KioskSlot).c
+_PRODUCTS = _table(Product).c
 _SLOT_PRODUCT = (
     select(
         _PRODUCTS.id,
@@ -481,14 +486,14 @@ _SLOT_PRODUCT = (
         _PRODUCTS.name,
         _PRODUCTS.units,
         _PRODUCTS.category_id,
-        Category.__table__.c.code.label("category"),
+        _table(Category).c.code.label("category"),
     )
-    .select_from(KioskSlot.__table__)
-    .join(Product.__table__, _PRODUCTS.id == _SLOTS.product_id)
-    .join(Category.__table__, Category.__table__.c.id == _PRODUCTS.category_id)
+    .select_from(_table(KioskSlot))
+    .join(_table(Product), _PRODUCTS.id == _SLOTS.product_id)
+    .join(_table(Category), _table(Category).c.id == _PRODUCTS.category_id)
     .where(_SLOTS.kiosk_id == bindparam("b_kiosk"), _SLOTS.slot == bindparam("b_slot"))
 )
-_RESIDENTS = Resident.__table__.c
+_RESIDENTS = _table(Resident).c
 # The person's row lock serialises every authorization of this person on PostgreSQL; SQLite
 # ignores FOR UPDATE and holds the database write lock since BEGIN IMMEDIATE instead.
 _LOCK_HOLDER = (
@@ -496,7 +501,7 @@ _LOCK_HOLDER = (
     .where(_RESIDENTS.id == bindparam("b_resident"))
     .with_for_update()
 )
-_INSERT_AUTHORIZATION = insert(Authorization.__table__)
+_INSERT_AUTHORIZATION = insert(_table(Authorization))
 
 
 def authorize(
@@ -562,7 +567,7 @@ def authorize(
 
 
 _TAKE_STOCK = (
-    update(KioskSlot.__table__)
+    update(_table(KioskSlot))
     .where(
         _SLOTS.kiosk_id == bindparam("b_kiosk"),
         _SLOTS.slot == bindparam("b_slot"),
@@ -623,12 +628,12 @@ def void(
     }
 
 
-_AUTHORIZATIONS = Authorization.__table__.c
+_AUTHORIZATIONS = _table(Authorization).c
 
 
 def _settle_statement(to: AuthorizationStatus, **values: Any) -> Any:
     return (
-        update(Authorization.__table__)
+        update(_table(Authorization))
         .where(
             _AUTHORIZATIONS.id == bindparam("b_id"),
             _AUTHORIZATIONS.kiosk_id == bindparam("b_kiosk"),
@@ -695,7 +700,7 @@ def _parsed_certificate(der: bytes) -> x509.Certificate:
     return load_certificate(der)
 
 
-_USAGE = Usage.__table__
+_USAGE = _table(Usage)
 _BUMP_USAGE = (
     update(_USAGE)
     .where(
@@ -780,8 +785,8 @@ def rule_from_row(row: EntitlementRule, category_code: str) -> rules.Rule:
 
 
 _USAGE_SINCE = (
-    select(Category.__table__.c.code, _USAGE.c.day, _USAGE.c.reserved + _USAGE.c.captured)
-    .join(Category.__table__, _USAGE.c.category_id == Category.__table__.c.id)
+    select(_table(Category).c.code, _USAGE.c.day, _USAGE.c.reserved + _USAGE.c.captured)
+    .join(_table(Category), _USAGE.c.category_id == _table(Category).c.id)
     .where(_USAGE.c.resident_id == bindparam("b_resident"), _USAGE.c.day >= bindparam("b_since"))
 )
 
@@ -1620,8 +1625,8 @@ def monthly_report(
     report cannot single out a person. Kiosks stand in villages or communities; their town is
     the parent region.
     """
-    leaf = Region.__table__.alias("leaf")
-    town = Region.__table__.alias("town")
+    leaf = _table(Region).alias("leaf")
+    town = _table(Region).alias("town")
     if session.get_bind().dialect.name == "postgresql":
         month = func.to_char(Authorization.usage_day, "YYYY-MM")
     else:
