@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 
 api = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 
+
+@api.before_request
+def _refuse_nul_in_query() -> None:
+    if any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+        raise InvalidRequest(
+            "the query must not contain the NUL character (U+0000)", code="text_invalid"
+        )
+
+
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 U32 = (1 << 32) - 1
 MAX_QUANTITY = 100
@@ -56,7 +65,22 @@ def json_body() -> dict[str, Any]:
         raise InvalidJson(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
+    if _holds_nul(body):
+        # PostgreSQL text cannot hold U+0000; refuse it here for every field, on every database.
+        raise InvalidRequest(
+            "text must not contain the NUL character (U+0000)", code="text_invalid"
+        )
     return body
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def field_int(

@@ -373,6 +373,24 @@ def test_void_needs_a_reason(server_world: ServerWorld) -> None:
     assert problem(response)["code"] == "field_invalid"
 
 
+def test_nul_in_any_text_is_refused_and_the_reservation_stays(server_world: ServerWorld) -> None:
+    # PostgreSQL cannot store U+0000 in text; the fuzz test once found a 500 here.
+    w = server_world
+    a = w.authorize().get_json()["authorization_id"]
+    response = w.post(f"/api/v1/authorizations/{a}/void", {"reason": "jam\x00med"})
+    assert response.status_code == 400
+    assert problem(response)["code"] == "text_invalid"
+    assert w.void(a).get_json()["status"] == "voided"  # nothing partial was written
+
+
+def test_nul_in_a_query_is_refused(server_world: ServerWorld) -> None:
+    response = server_world.client.get(
+        "/api/v1/residents?region=ab%00cd", headers={"Authorization": "Bearer x"}
+    )
+    assert response.status_code == 400
+    assert problem(response)["code"] == "text_invalid"
+
+
 # --- card registration (technician) ------------------------------------------------------------
 
 
