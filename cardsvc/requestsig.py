@@ -1,14 +1,18 @@
-"""Kiosk request signatures: the canonical form of an HTTP request and its Ed25519 signature.
+"""Signatures between kiosk and server: the canonical form of a kiosk's HTTP request and its
+Ed25519 signature, and the canonical JSON of the documents the server signs for kiosks
+(configuration, revocation list).
 
-Pure: no sockets, no clocks. The kiosk signs with it, the server verifies with it, so the two
-sides can never disagree on the bytes. The format is fixed in docs/interfaces.md.
+Pure: no sockets, no clocks. One side signs with it, the other verifies with it, so the two
+sides can never disagree on the bytes. The formats are fixed in docs/interfaces.md.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -20,6 +24,11 @@ HEADER_TIMESTAMP = "X-Timestamp"
 HEADER_NONCE = "X-Nonce"
 HEADER_SIGNATURE = "X-Signature"
 HEADER_IDEMPOTENCY = "Idempotency-Key"
+
+
+def canonical_json(value: Any) -> bytes:
+    """The bytes the server signs for a JSON document: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from cardsvc.requestsig import canonical_json
 from kiosk.errors import KioskError, ServerProblemError, ServerUnavailableError
-from kiosk.revocation import SERVER_KEY_FILE, canonical_json, load_server_key, pin_server_key
+from kiosk.revocation import SERVER_KEY_FILE, load_server_key, pin_server_key
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from cardsvc.requestsig import canonical_json
 from kiosk.errors import KioskError, ServerProblemError, ServerUnavailableError
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,6 @@ class RevocationListError(KioskError):
 
 class SignedGetter(Protocol):
     def get(self, path: str) -> dict[str, Any]: ...
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def pin_server_key(data_dir: Path, public_key_b64: str) -> Path:

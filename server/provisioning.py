@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session
 
 from cardsvc.ca import CardCA
 from cardsvc.profile import Chuid
+from cardsvc.requestsig import canonical_json
 from cardsvc.verify import load_certificate
 from server import audit, services
 from server.api import (
@@ -380,7 +381,7 @@ def revocations_since(session: Session, ctx: services.Context, since: int) -> di
         "issued_at": ctx.now().isoformat(),
         "added": [{"seq": r.seq, "card_guid": r.card_guid, "reason": r.reason} for r in rows],
     }
-    signature = ctx.server_key.sign(services.canonical_json(body))
+    signature = ctx.server_key.sign(canonical_json(body))
     return {**body, "signature": base64.b64encode(signature).decode()}
 
 

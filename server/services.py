@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from cardsvc import requestsig
 from cardsvc.errors import CardVerificationError, VerificationFailure
+from cardsvc.requestsig import canonical_json
 from cardsvc.verify import (
     TapChallenge,
     guid_from_certificate,
@@ -1193,10 +1194,6 @@ def kiosk_config(session: Session, ctx: Context, kiosk_id: str) -> dict[str, Any
     }
     signature = ctx.server_key.sign(canonical_json(body))
     return {**body, "signature": base64.b64encode(signature).decode()}
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 TELEMETRY_KINDS = frozenset(
