@@ -67,6 +67,11 @@ def run_demo(data_dir: Path, once: bool) -> Walk:
 
 
 def _stay_up(p: Platform) -> None:
+    stop = threading.Event()
+    # Set both before saying "Press Ctrl-C", so a Ctrl-C right after it is already handled;
+    # SIGINT explicitly too, since a demo started in the background inherits it ignored.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     say("")
     say("Everything is still running:")
     say(f"  server       {p.server_url}  (SQLite {p.data_dir / 'server.sqlite3'})")
@@ -75,10 +80,6 @@ def _stay_up(p: Platform) -> None:
     say(f"  tap the card printf 'insert\\n' | nc 127.0.0.1 {p.card_control_port}   (then 'remove')")
     say("  kiosk        serving taps in this process")
     say("Press Ctrl-C to stop everything.")
-    stop = threading.Event()
-    # Set both explicitly: a demo started in the background inherits SIGINT ignored.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     loop = threading.Thread(
         target=serve,
         args=(p.kiosk, p.reader, SLOT, stop, lambda r: say(format_result(r))),
