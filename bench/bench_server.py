@@ -3,7 +3,7 @@
 One run measures, on the same machine and the same database:
 1. the kiosk path: N simulated kiosks (default 64, the issue's figure) authorize and capture in a
    loop; each authorization counts once it is captured. The kiosks run in a separate, lean
-   load-generator process (bench/bench_server_load.py: asyncio, raw keep-alive HTTP, authorize
+   load-generator process (bench/server_load_generator.py: asyncio, raw keep-alive HTTP, authorize
    requests signed before the clock starts), so its CPU is measured and kept small;
 2. pgbench's simple-update TPS (`pgbench -N`, same number of clients) on the same database;
 3. a no-op endpoint (`GET /api/v1/health`) of the same server, same configuration, same clients.
@@ -161,7 +161,7 @@ def gunicorn_command(port: int, workers: int, threads: int) -> list[str]:
 def load(spec_path: Path, mode: str, seconds: float) -> dict[str, Any]:
     """Run the load generator as its own process; its JSON result."""
     done = subprocess.run(
-        [sys.executable, str(HERE / "bench_server_load.py"), str(spec_path), mode, str(seconds)],
+        [sys.executable, str(HERE / "server_load_generator.py"), str(spec_path), mode, str(seconds)],
         capture_output=True,
         check=False,
         env={**os.environ, "PYTHONPATH": str(HERE.parent)},

@@ -84,11 +84,11 @@ def main() -> int:
             if pg is None:
                 print("PostgreSQL: not reachable at 127.0.0.1:5432, skipped")
                 return 0
-            url, user, name = pg
             try:
-                run("PostgreSQL", url, Path(tmp), args.residents, args.dispenses)
+                run("PostgreSQL", pg.url, Path(tmp), args.residents, args.dispenses)
             finally:
-                drop_postgres_database(user, name)
+                assert pg.pg_user is not None and pg.pg_name is not None
+                drop_postgres_database(pg.pg_user, pg.pg_name)
     return 0
 
 

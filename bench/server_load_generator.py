@@ -7,7 +7,7 @@ requests -- card proof (ECDSA P-256) and request signature (Ed25519) -- are sign
 starts; only the captures, whose path names the authorization the server just made, are signed
 during the run (one Ed25519 signature each).
 
-    python bench/bench_server_load.py SPEC.json kiosk|noop SECONDS
+    python bench/server_load_generator.py SPEC.json kiosk|noop SECONDS
 
 SPEC.json: {"host", "port", "kiosks": [{"id", "key": base64 raw Ed25519 private key,
 "cards": [[guid hex, base64 PKCS8 DER P-256 private key], ...], "counter": first counter}]}.
