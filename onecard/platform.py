@@ -113,6 +113,27 @@ class Platform:
     def revocations(self) -> RevocationList:
         return self._parts().revocations
 
+    def kiosk_run_argv(self, *extra: str) -> list[str]:
+        """`onecard kiosk run` for this platform, as its own process (start with kiosk=False)."""
+        return python_module(
+            "onecard.cli",
+            "kiosk",
+            "run",
+            "--kiosk-id",
+            KIOSK_ID,
+            "--server",
+            self.server_url,
+            "--data-dir",
+            str(self.device_key_dir),
+            "--board",
+            self.board_device,
+            "--ca-cert",
+            str(self.ca.certificate_path),
+            "--reader",
+            READER,
+            *extra,
+        )
+
     def _parts(self) -> _KioskParts:
         if self.in_process is None:
             raise PlatformError("this platform was started without an in-process kiosk")

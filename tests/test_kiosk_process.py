@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from onecard.platform import KIOSK_ID, READER, Platform, start_platform
-from onecard.procs import Child, python_module
+from onecard.platform import Platform, start_platform
+from onecard.procs import Child
 
 pytestmark = pytest.mark.pcscd
 
@@ -28,26 +28,7 @@ def wait_for_outcomes(kiosk: Child, n: int, timeout: float = 30) -> list[str]:
 
 
 def start_kiosk(p: Platform) -> Child:
-    kiosk = Child(
-        "kiosk",
-        python_module(
-            "onecard.cli",
-            "kiosk",
-            "run",
-            "--kiosk-id",
-            KIOSK_ID,
-            "--server",
-            p.server_url,
-            "--data-dir",
-            str(p.device_key_dir),
-            "--board",
-            p.board_device,
-            "--ca-cert",
-            str(p.ca.certificate_path),
-            "--reader",
-            READER,
-        ),
-    )
+    kiosk = Child("kiosk", p.kiosk_run_argv())
     kiosk.wait_for_line(r"ready: waiting for cards", 30)
     return kiosk
 

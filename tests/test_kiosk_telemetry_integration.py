@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from kiosk.config_sync import CONFIG_FILE
-from onecard.platform import KIOSK_ID, READER, start_platform
-from onecard.procs import Child, python_module
+from onecard.platform import KIOSK_ID, start_platform
+from onecard.procs import Child
 from tests.test_kiosk_process import wait_for_outcomes
 
 pytestmark = pytest.mark.pcscd
@@ -30,28 +30,7 @@ def board_events(db_path: Path) -> list[dict[str, object]]:
 
 def test_the_kiosk_process_sends_heartbeats_while_it_serves(tmp_path: Path, pcscd: object) -> None:
     with start_platform(tmp_path / "p", kiosk=False) as p:
-        kiosk = Child(
-            "kiosk",
-            python_module(
-                "onecard.cli",
-                "kiosk",
-                "run",
-                "--kiosk-id",
-                KIOSK_ID,
-                "--server",
-                p.server_url,
-                "--data-dir",
-                str(p.device_key_dir),
-                "--board",
-                p.board_device,
-                "--ca-cert",
-                str(p.ca.certificate_path),
-                "--reader",
-                READER,
-                "--heartbeat-every",
-                "0.5",
-            ),
-        )
+        kiosk = Child("kiosk", p.kiosk_run_argv("--heartbeat-every", "0.5"))
         try:
             kiosk.wait_for_line(r"ready: waiting for cards", 30)
             p.card.insert()
