@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import uuid
 from collections.abc import Collection
@@ -203,6 +204,18 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+@functools.lru_cache(maxsize=65_536)
+def _issuer_refusal(cert: x509.Certificate, ca: x509.Certificate) -> str | None:
+    """Why `ca` did not sign `cert`, or None if it did. A signature check costs more than the
+    rest of a tap's verification and its answer never changes for the same two certificates
+    (they are hashed and compared by their DER bytes), so it is kept."""
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def verify_certificate(
     certificate: bytes | x509.Certificate,
     ca_certificate: bytes | x509.Certificate,
@@ -216,10 +229,9 @@ def verify_certificate(
     ca = load_certificate(ca_certificate)
     if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
         raise CardVerificationError(VerificationFailure.UNTRUSTED_ISSUER, "the CA is not valid now")
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        raise CardVerificationError(VerificationFailure.UNTRUSTED_ISSUER, str(exc)) from exc
+    refused = _issuer_refusal(cert, ca)
+    if refused is not None:
+        raise CardVerificationError(VerificationFailure.UNTRUSTED_ISSUER, refused)
     if now < cert.not_valid_before_utc:
         raise CardVerificationError(
             VerificationFailure.NOT_YET_VALID, f"valid from {cert.not_valid_before_utc:%Y-%m-%d}"

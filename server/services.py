@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -49,7 +49,7 @@ from cardsvc.verify import (
     verify_certificate,
     verify_tap,
 )
-from server import audit, exams, rules
+from server import audit, exams, ledger, rules
 from server.errors import (
     ApiError,
     Conflict,
@@ -85,7 +85,6 @@ from server.models import (
     Role,
     SeenNonce,
     StaffUser,
-    Usage,
 )
 
 NONCE_RETENTION = dt.timedelta(seconds=900)
@@ -136,13 +135,7 @@ def _table(model: type[Any]) -> Table:
     return cast(Table, model.__table__)
 
 
-def _connection(session: Session) -> Connection:
-    """The session's connection, for Core statements on the hot path: it skips the ORM's
-    per-statement machinery (a third of the cost of a small statement). Pending ORM changes are
-    flushed first, as session.execute would."""
-    if session.new or session.dirty or session.deleted:
-        session.flush()
-    return session.connection()
+_connection = ledger.core_connection
 
 
 # --- kiosk request authentication ------------------------------------------------------------
@@ -176,24 +169,17 @@ def _kiosk_public_key(raw_b64: str) -> Ed25519PublicKey | None:
         return None
 
 
-_KIOSKS = _table(Kiosk).c
-_NONCES = _table(SeenNonce)
-_DEVICE_BY_ID = select(_KIOSKS.id, _KIOSKS.enabled, _KIOSKS.public_key, _KIOSKS.kind).where(
-    _KIOSKS.id == bindparam("device_id")
-)
-_INSERT_NONCE = insert(_NONCES)
-
-
 def authenticate_kiosk(
     session: Session, ctx: Context, request: SignedRequest
 ) -> AuthenticatedDevice:
     """Check a kiosk request's signature headers (docs/interfaces.md) and spend its nonce.
 
-    Every failure is a 401 with its own code. The nonce is recorded only once the signature is
-    good, so strangers cannot fill the table. It is inserted in the session's open transaction,
-    not committed: the request's own transaction commits it with its effects (one commit per
-    request). A caller whose transaction then rolls back must spend it again with
-    `spend_nonce` (the API layer does, for every error answer).
+    Every failure is a 401 with its own code. The nonce is spent in the session's open
+    transaction in the same round trip as the kiosk row is read, before the signature is checked;
+    every failure rolls that back, so strangers cannot fill the table. A genuine request's own
+    transaction commits it with its effects (one commit per request). A caller whose transaction
+    then rolls back must spend it again with `spend_nonce` (the API layer does, for every error
+    answer).
 
     The kiosk row is read on every request (never cached), so disabling a kiosk or changing its
     key takes effect at once; only the parse of a key is kept, keyed by the key's bytes.
@@ -216,14 +202,25 @@ def authenticate_kiosk(
         )
     if len(request.nonce) != 32 or not _is_hex(request.nonce):
         raise Unauthenticated("X-Nonce must be 32 hex characters", code="nonce_invalid")
-    row = session.execute(_DEVICE_BY_ID, {"device_id": request.kiosk_id}).first()
-    if row is None:
+    device = ledger.ledger_for(session).device(request.kiosk_id, request.nonce.lower(), ctx.now())
+    try:
+        _check_device(device, request, timestamp)
+    except Unauthenticated:
+        session.rollback()  # the nonce spent above, if any
+        raise
+    assert device is not None
+    return AuthenticatedDevice(device.id, device.kind)
+
+
+def _check_device(device: ledger.DeviceRow | None, request: SignedRequest, timestamp: int) -> None:
+    if device is None:
         raise Unauthenticated("this kiosk is not registered", code="kiosk_unknown")
-    if not row.enabled:
+    if not device.enabled:
         raise Unauthenticated("this kiosk is disabled", code="kiosk_disabled")
-    public_key = _kiosk_public_key(row.public_key)
+    public_key = _kiosk_public_key(device.public_key)
     if public_key is None:
         raise Unauthenticated("the kiosk's registered key is unusable", code="kiosk_key_invalid")
+    assert request.signature is not None and request.nonce is not None
     if not requestsig.verify(
         public_key,
         request.signature,
@@ -234,15 +231,8 @@ def authenticate_kiosk(
         request.body,
     ):
         raise Unauthenticated("the request signature does not verify", code="signature_invalid")
-    try:
-        _connection(session).execute(
-            _INSERT_NONCE,
-            {"kiosk_id": row.id, "nonce": request.nonce.lower(), "seen_at": ctx.now()},
-        )
-    except IntegrityError:
-        session.rollback()
-        raise Unauthenticated("this nonce was used before", code="nonce_replayed") from None
-    return AuthenticatedDevice(row.id, row.kind)
+    if not device.nonce_fresh:
+        raise Unauthenticated("this nonce was used before", code="nonce_replayed")
 
 
 def spend_nonce(session: Session, ctx: Context, kiosk_id: str, nonce: str) -> None:
@@ -330,20 +320,13 @@ def run_idempotent(
             return stored
     try:
         status, body = operation()
-        _connection(session).execute(
-            _INSERT_ANSWER,
-            {
-                "scope": scope,
-                "key": key,
-                "request_hash": fingerprint,
-                "status_code": status,
-                "response_body": json.dumps(body, separators=(",", ":")),
-                "created_at": ctx.now(),
-            },
+        ledger.ledger_for(session).commit_answer(
+            ledger.Answer(
+                scope, key, fingerprint, status, json.dumps(body, separators=(",", ":")), ctx.now()
+            )
         )
-        session.commit()
         return StoredAnswer(status, body)
-    except IntegrityError:
+    except ledger.INTEGRITY_ERRORS:
         session.rollback()
         stored = _stored_answer(session, scope, key, fingerprint)
         if stored is None:
@@ -365,7 +348,6 @@ def run_idempotent(
 
 
 _ANSWERS = _table(IdempotencyRecord)
-_INSERT_ANSWER = insert(_ANSWERS)
 _ANSWER_BY_KEY = select(
     _ANSWERS.c.request_hash, _ANSWERS.c.status_code, _ANSWERS.c.response_body
 ).where(_ANSWERS.c.scope == bindparam("b_scope"), _ANSWERS.c.key == bindparam("b_key"))
@@ -420,31 +402,19 @@ class TappedCard:
     resident_id: int
 
 
-_CARDS = _table(Card).c
-_CARD_BY_GUID = select(_CARDS.id, _CARDS.resident_id, _CARDS.status, _CARDS.certificate).where(
-    _CARDS.guid == bindparam("b_guid")
-)
-_ADVANCE_COUNTER = (
-    update(_table(Kiosk))
-    .where(_KIOSKS.id == bindparam("b_device"), _KIOSKS.last_counter < bindparam("b_counter"))
-    .values(last_counter=bindparam("b_counter"))
-)
-
-
-def check_tap(
-    session: Session, ctx: Context, device_id: str, challenge: TapChallenge, signature: bytes
-) -> tuple[TappedCard, dt.datetime] | dict[str, Any]:
-    """The card behind a tap at a kiosk or station, or a refusal: the card is registered and
-    active, the tap is fresh, the proof verifies with the certificate recorded at issuance, and
-    the device's counter grows (advanced here, so a proof is used once)."""
-    card = (
-        _connection(session).execute(_CARD_BY_GUID, {"b_guid": challenge.card_guid.hex()}).first()
-    )
+def _card_refusal(
+    ctx: Context,
+    card: ledger.CardRow | None,
+    challenge: TapChallenge,
+    signature: bytes,
+    now: dt.datetime,
+) -> dict[str, Any] | None:
+    """Why a tap's card is refused (a refusal answer), or None: the card is registered and
+    active, the tap is fresh, and the proof verifies with the certificate recorded at issuance."""
     if card is None:
         return refusal(RefusalReason.CARD_UNKNOWN, "this card is not registered")
     if card.status is not CardStatus.ACTIVE:
         return refusal(RefusalReason.CARD_REVOKED, f"this card is {card.status.value}")
-    now = ctx.now()
     if abs(challenge.time_ms / 1000 - now.timestamp()) > ctx.clock_skew:
         return refusal(RefusalReason.PROOF_STALE, "the tap is too old or from the future")
     try:
@@ -457,10 +427,26 @@ def check_tap(
         )
     except CardVerificationError as exc:
         return refusal(_VERIFICATION_REASON.get(exc.reason, RefusalReason.PROOF_INVALID), str(exc))
-    advanced = _connection(session).execute(
-        _ADVANCE_COUNTER, {"b_device": device_id, "b_counter": challenge.counter}
+    return None
+
+
+def check_tap(
+    session: Session, ctx: Context, device_id: str, challenge: TapChallenge, signature: bytes
+) -> tuple[TappedCard, dt.datetime] | dict[str, Any]:
+    """The card behind a tap at a station, or a refusal (see _card_refusal); the device's counter
+    grows (advanced here, so a proof is used once)."""
+    connection = _connection(session)
+    row = connection.execute(ledger.CARD_BY_GUID, {"b_guid": challenge.card_guid.hex()}).first()
+    card = ledger.CardRow(row.id, row.resident_id, row.status, row.certificate) if row else None
+    now = ctx.now()
+    refused = _card_refusal(ctx, card, challenge, signature, now)
+    if refused is not None:
+        return refused
+    assert card is not None
+    advanced = connection.execute(
+        ledger.ADVANCE_COUNTER, {"b_device": device_id, "b_counter": challenge.counter}
     )
-    if advanced.rowcount != 1:  # type: ignore[attr-defined]
+    if advanced.rowcount != 1:
         return refusal(RefusalReason.COUNTER_REPLAYED, "this tap was already used")
     return TappedCard(card.id, card.resident_id), now
 
@@ -478,243 +464,131 @@ def parse_tap(proof: Any, device_id: str, ctx: Context) -> tuple[TapChallenge, b
     return challenge, signature
 
 
-_SLOTS = _table(KioskSlot).c
-_PRODUCTS = _table(Product).c
-_SLOT_PRODUCT = (
-    select(
-        _PRODUCTS.id,
-        _PRODUCTS.sku,
-        _PRODUCTS.name,
-        _PRODUCTS.units,
-        _PRODUCTS.category_id,
-        _table(Category).c.code.label("category"),
-    )
-    .select_from(_table(KioskSlot))
-    .join(_table(Product), _PRODUCTS.id == _SLOTS.product_id)
-    .join(_table(Category), _table(Category).c.id == _PRODUCTS.category_id)
-    .where(_SLOTS.kiosk_id == bindparam("b_kiosk"), _SLOTS.slot == bindparam("b_slot"))
-)
-_RESIDENTS = _table(Resident).c
-# The person's row lock serialises every authorization of this person on PostgreSQL; SQLite
-# ignores FOR UPDATE and holds the database write lock since BEGIN IMMEDIATE instead.
-_LOCK_HOLDER = (
-    select(_RESIDENTS.birth_date_enc, _RESIDENTS.sex_enc, _RESIDENTS.status)
-    .where(_RESIDENTS.id == bindparam("b_resident"))
-    .with_for_update()
-)
-_INSERT_AUTHORIZATION = insert(_table(Authorization))
-
-
 def authorize(
     session: Session, ctx: Context, kiosk_id: str, proof: Any, slot: int, quantity: int
 ) -> dict[str, Any]:
     """Decide a tap: verify the card's proof, apply the rules, reserve the units.
 
     Returns the JSON answer (approved or refused, both 200). Raises ApiError for requests that are
-    malformed or not this kiosk's to make.
+    malformed or not this kiosk's to make. Three ledger steps: read the slot and the card; advance
+    the kiosk's counter and hold the person (row lock) with their usage; reserve.
     """
     challenge, signature = parse_tap(proof, kiosk_id, ctx)
-    product = (
-        _connection(session).execute(_SLOT_PRODUCT, {"b_kiosk": kiosk_id, "b_slot": slot}).first()
-    )
+    store = ledger.ledger_for(session)
+    tap = store.tap_context(kiosk_id, slot, challenge.card_guid.hex())
+    product = tap.product
     if product is None:
         return refusal(RefusalReason.SLOT_UNKNOWN, f"slot {slot} holds no product")
-
-    checked = check_tap(session, ctx, kiosk_id, challenge, signature)
-    if isinstance(checked, dict):
-        return checked
-    card, now = checked
-
-    holder_row = _connection(session).execute(_LOCK_HOLDER, {"b_resident": card.resident_id}).one()
-    holder = _holder(ctx, holder_row.birth_date_enc, holder_row.sex_enc, holder_row.status)
+    now = ctx.now()
+    refused = _card_refusal(ctx, tap.card, challenge, signature, now)
+    if refused is not None:
+        return refused
+    card = tap.card
+    assert card is not None
     today = ctx.today(now)
-    category = product.category
-    units = quantity * product.units
     rule_set = cached_rules(session, ctx)
-    usage = load_usage(session, card.resident_id, rules.lookback_start(rule_set, today))
-    decision = rules.evaluate(rule_set, usage, holder, category, units, today)
+    held = store.hold(
+        kiosk_id, challenge.counter, card.resident_id, rules.lookback_start(rule_set, today)
+    )
+    if held is None:
+        return refusal(RefusalReason.COUNTER_REPLAYED, "this tap was already used")
+    holder = _holder(ctx, held.birth_date_enc, held.sex_enc, held.status)
+    units = quantity * product.units
+    decision = rules.evaluate(rule_set, held.usage, holder, product.category, units, today)
     if not decision.allowed:
         assert decision.reason is not None
         return refusal(
             decision.reason, decision.message, decision.remaining, decision.next_allowed_on
         )
-
     authorization_id = uuid.uuid4().hex
-    _connection(session).execute(
-        _INSERT_AUTHORIZATION,
-        {
-            "id": authorization_id,
-            "kiosk_id": kiosk_id,
-            "card_id": card.id,
-            "resident_id": card.resident_id,
-            "product_id": product.id,
-            "category_id": product.category_id,
-            "slot": slot,
-            "quantity": quantity,
-            "units": units,
-            "usage_day": today,
-            "proof_counter": challenge.counter,
-            "status": AuthorizationStatus.RESERVED,
-            "created_at": now,
-        },
+    store.reserve(
+        ledger.Reservation(
+            id=authorization_id,
+            kiosk_id=kiosk_id,
+            card_id=card.id,
+            resident_id=card.resident_id,
+            product_id=product.id,
+            category_id=product.category_id,
+            slot=slot,
+            quantity=quantity,
+            units=units,
+            usage_day=today,
+            proof_counter=challenge.counter,
+            created_at=now,
+        )
     )
-    _add_usage(session, card.resident_id, product.category_id, today, reserved=units)
     return {
         "approved": True,
         "authorization_id": authorization_id,
-        "product": {"sku": product.sku, "name": product.name, "category": category},
+        "product": {"sku": product.sku, "name": product.name, "category": product.category},
         "remaining": decision.remaining,
     }
-
-
-_TAKE_STOCK = (
-    update(_table(KioskSlot))
-    .where(
-        _SLOTS.kiosk_id == bindparam("b_kiosk"),
-        _SLOTS.slot == bindparam("b_slot"),
-        _SLOTS.stock >= bindparam("b_quantity"),
-    )
-    .values(stock=_SLOTS.stock - bindparam("b_quantity"))
-)
 
 
 def capture(
     session: Session, ctx: Context, kiosk_id: str, authorization_id: str, board_txn: int | None
 ) -> dict[str, Any]:
     """The item dropped: charge the reserved units. Capturing twice answers the same."""
-    status, authorization, settled_now = _settle(
-        session,
-        kiosk_id,
-        authorization_id,
-        AuthorizationStatus.CAPTURED,
-        {"b_at": ctx.now(), "b_board_txn": board_txn},
+    status, remaining = _settle(
+        session, ctx, kiosk_id, authorization_id, AuthorizationStatus.CAPTURED, board_txn=board_txn
     )
     if status is AuthorizationStatus.VOIDED:
         raise Conflict("this authorization was voided", code="authorization_voided")
-    if settled_now:
-        # The slot's stock as the server knows it (telemetry resets it to the board's count).
-        _connection(session).execute(
-            _TAKE_STOCK,
-            {
-                "b_kiosk": kiosk_id,
-                "b_slot": authorization.slot,
-                "b_quantity": authorization.quantity,
-            },
-        )
-    return {
-        "status": "captured",
-        "remaining": remaining_for_resident(session, ctx, authorization.resident_id),
-    }
+    return {"status": "captured", "remaining": remaining}
 
 
 def void(
     session: Session, ctx: Context, kiosk_id: str, authorization_id: str, reason: str
 ) -> dict[str, Any]:
     """Nothing was dispensed: release the reserved units. Voiding twice answers the same."""
-    status, authorization, _ = _settle(
-        session,
-        kiosk_id,
-        authorization_id,
-        AuthorizationStatus.VOIDED,
-        {"b_at": ctx.now(), "b_reason": reason},
+    status, remaining = _settle(
+        session, ctx, kiosk_id, authorization_id, AuthorizationStatus.VOIDED, reason=reason
     )
     if status is AuthorizationStatus.CAPTURED:
         raise Conflict(
             "this authorization was captured; a correction is a reversal",
             code="authorization_captured",
         )
-    return {
-        "status": "voided",
-        "remaining": remaining_for_resident(session, ctx, authorization.resident_id),
-    }
-
-
-_AUTHORIZATIONS = _table(Authorization).c
-
-
-def _settle_statement(to: AuthorizationStatus, **values: Any) -> Any:
-    return (
-        update(_table(Authorization))
-        .where(
-            _AUTHORIZATIONS.id == bindparam("b_id"),
-            _AUTHORIZATIONS.kiosk_id == bindparam("b_kiosk"),
-            _AUTHORIZATIONS.status == AuthorizationStatus.RESERVED,
-        )
-        .values(status=to, settled_at=bindparam("b_at"), **values)
-        .returning(
-            _AUTHORIZATIONS.resident_id,
-            _AUTHORIZATIONS.category_id,
-            _AUTHORIZATIONS.usage_day,
-            _AUTHORIZATIONS.units,
-            _AUTHORIZATIONS.slot,
-            _AUTHORIZATIONS.quantity,
-        )
-    )
-
-
-_SETTLE_TO = {
-    AuthorizationStatus.CAPTURED: _settle_statement(
-        AuthorizationStatus.CAPTURED, board_txn=bindparam("b_board_txn")
-    ),
-    AuthorizationStatus.VOIDED: _settle_statement(
-        AuthorizationStatus.VOIDED, void_reason=bindparam("b_reason")
-    ),
-}
-_SETTLED = select(
-    _AUTHORIZATIONS.kiosk_id, _AUTHORIZATIONS.status, _AUTHORIZATIONS.resident_id
-).where(_AUTHORIZATIONS.id == bindparam("b_id"))
+    return {"status": "voided", "remaining": remaining}
 
 
 def _settle(
     session: Session,
+    ctx: Context,
     kiosk_id: str,
     authorization_id: str,
     to: AuthorizationStatus,
-    values: dict[str, Any],
-) -> tuple[AuthorizationStatus, Any, bool]:
-    """Move this kiosk's reservation to `to` exactly once: one conditional UPDATE ... RETURNING
-    (`status = 'reserved'`), so of concurrent captures and voids exactly one moves it. Returns
-    the status it ends in, its row (with `resident_id`) and whether this call moved it."""
+    *,
+    board_txn: int | None = None,
+    reason: str | None = None,
+) -> tuple[AuthorizationStatus, dict[str, int]]:
+    """Move this kiosk's reservation to `to` exactly once (the ledger's conditional UPDATE: of
+    concurrent captures and voids exactly one moves it). Returns the status it ends in and what
+    the person has left."""
     if not _is_hex(authorization_id):
         raise NotFound("no such authorization for this kiosk", code="authorization_unknown")
-    moved = (
-        _connection(session)
-        .execute(_SETTLE_TO[to], {"b_id": authorization_id, "b_kiosk": kiosk_id, **values})
-        .first()
+    now = ctx.now()
+    today = ctx.today(now)
+    rule_set = cached_rules(session, ctx)
+    settled = ledger.ledger_for(session).settle(
+        authorization_id,
+        kiosk_id,
+        to,
+        now,
+        board_txn,
+        reason,
+        rules.lookback_start(rule_set, today),
     )
-    if moved is not None:
-        _shift_usage(
-            session, moved, captured=moved.units if to is AuthorizationStatus.CAPTURED else 0
-        )
-        return to, moved, True
-    # Not moved: unknown, another kiosk's, or settled already (perhaps by a concurrent call).
-    current = _connection(session).execute(_SETTLED, {"b_id": authorization_id}).first()
     # Another kiosk's authorization is reported as unknown: a kiosk cannot probe others' ids.
-    if current is None or current.kiosk_id != kiosk_id:
+    if settled is None or settled.kiosk_id != kiosk_id:
         raise NotFound("no such authorization for this kiosk", code="authorization_unknown")
-    return current.status, current, False
+    return settled.status, rules.remaining_by_category(rule_set, settled.usage, today)
 
 
 @functools.lru_cache(maxsize=65_536)
 def _parsed_certificate(der: bytes) -> x509.Certificate:
     """Parsing a certificate costs more than verifying it; DER is immutable, so keep the parse."""
     return load_certificate(der)
-
-
-_USAGE = _table(Usage)
-_BUMP_USAGE = (
-    update(_USAGE)
-    .where(
-        _USAGE.c.resident_id == bindparam("b_resident"),
-        _USAGE.c.category_id == bindparam("b_category"),
-        _USAGE.c.day == bindparam("b_day"),
-    )
-    .values(
-        reserved=_USAGE.c.reserved + bindparam("b_reserved"),
-        captured=_USAGE.c.captured + bindparam("b_captured"),
-    )
-)
-_INSERT_USAGE = insert(_USAGE)
 
 
 def _add_usage(
@@ -726,34 +600,8 @@ def _add_usage(
     reserved: int,
     captured: int = 0,
 ) -> None:
-    key = {"b_resident": resident_id, "b_category": category_id, "b_day": day}
-    bumped = _connection(session).execute(
-        _BUMP_USAGE, {**key, "b_reserved": reserved, "b_captured": captured}
-    )
-    if bumped.rowcount == 0:  # type: ignore[attr-defined]
-        # Safe without ON CONFLICT: the resident row lock (or SQLite's write lock) is held.
-        _connection(session).execute(
-            _INSERT_USAGE,
-            {
-                "resident_id": resident_id,
-                "category_id": category_id,
-                "day": day,
-                "reserved": reserved,
-                "captured": captured,
-            },
-        )
-
-
-def _shift_usage(session: Session, authorization: Any, *, captured: int) -> None:
-    _connection(session).execute(
-        _BUMP_USAGE,
-        {
-            "b_resident": authorization.resident_id,
-            "b_category": authorization.category_id,
-            "b_day": authorization.usage_day,
-            "b_reserved": -authorization.units,
-            "b_captured": captured,
-        },
+    ledger.add_usage(
+        _connection(session), resident_id, category_id, day, reserved=reserved, captured=captured
     )
 
 
@@ -785,24 +633,8 @@ def rule_from_row(row: EntitlementRule, category_code: str) -> rules.Rule:
     )
 
 
-_USAGE_SINCE = (
-    select(_table(Category).c.code, _USAGE.c.day, _USAGE.c.reserved + _USAGE.c.captured)
-    .join(_table(Category), _USAGE.c.category_id == _table(Category).c.id)
-    .where(_USAGE.c.resident_id == bindparam("b_resident"), _USAGE.c.day >= bindparam("b_since"))
-)
-
-
 def load_usage(session: Session, resident_id: int, since: dt.date) -> dict[str, dict[dt.date, int]]:
-    rows = (
-        _connection(session)
-        .execute(_USAGE_SINCE, {"b_resident": resident_id, "b_since": since})
-        .all()
-    )
-    usage: dict[str, dict[dt.date, int]] = defaultdict(dict)
-    for code, day, units in rows:
-        if units:
-            usage[code][day] = int(units)
-    return dict(usage)
+    return ledger.read_usage(_connection(session), resident_id, since)
 
 
 def remaining_for_resident(session: Session, ctx: Context, resident_id: int) -> dict[str, int]:
