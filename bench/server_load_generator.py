@@ -8,6 +8,11 @@ starts; only the captures, whose path names the authorization the server just ma
 during the run (one Ed25519 signature each).
 
     python bench/server_load_generator.py SPEC.json kiosk|noop SECONDS
+    python bench/server_load_generator.py SPEC.json paced SECONDS RATE
+
+kiosk: each kiosk taps again as soon as its last tap is settled (closed loop: saturation).
+paced: taps arrive at random at RATE per second in all (open loop: latency at a given load).
+noop: GET /api/v1/health in a closed loop.
 
 SPEC.json: {"host", "port", "kiosks": [{"id", "key": base64 raw Ed25519 private key,
 "cards": [[guid hex, base64 PKCS8 DER P-256 private key], ...], "counter": first counter}]}.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import random
 import resource
 import secrets
 import sys
@@ -88,36 +94,72 @@ async def exchange(
     return status, body
 
 
+async def tap(
+    kiosk: SimKiosk,
+    host: str,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    i: int,
+    started: float,
+) -> None:
+    """One tap: authorize, then capture. Latencies count from `started` (for paced kiosks, the
+    moment the tap was due, so a late start is counted: no coordinated omission)."""
+    request = kiosk.presigned[i] if i < len(kiosk.presigned) else authorize_request(kiosk, host)
+    status, body = await exchange(reader, writer, request)
+    t1 = time.perf_counter()
+    answer = json.loads(body) if status == 200 else {}
+    if status != 200 or not answer.get("approved"):
+        kiosk.errors.append(f"authorize: {status} {body[:200]!r}")
+        return
+    capture = signed_request(
+        kiosk,
+        host,
+        f"/api/v1/authorizations/{answer['authorization_id']}/capture",
+        {"board_txn": i},
+    )
+    t2 = time.perf_counter()
+    status, body = await exchange(reader, writer, capture)
+    t3 = time.perf_counter()
+    if status != 200:
+        kiosk.errors.append(f"capture: {status} {body[:200]!r}")
+        return
+    kiosk.authorize_ms.append((t1 - started) * 1000)
+    kiosk.capture_ms.append((t3 - t2) * 1000)
+
+
 async def drive_kiosk(kiosk: SimKiosk, host: str, port: int, deadline: float) -> None:
+    """Closed loop: the next tap as soon as the last one is settled (the server's saturation)."""
     reader, writer = await asyncio.open_connection(host, port)
     i = 0
     try:
         while time.perf_counter() < deadline:
-            request = (
-                kiosk.presigned[i] if i < len(kiosk.presigned) else authorize_request(kiosk, host)
-            )
+            await tap(kiosk, host, reader, writer, i, time.perf_counter())
             i += 1
-            t0 = time.perf_counter()
-            status, body = await exchange(reader, writer, request)
-            t1 = time.perf_counter()
-            answer = json.loads(body) if status == 200 else {}
-            if status != 200 or not answer.get("approved"):
-                kiosk.errors.append(f"authorize: {status} {body[:200]!r}")
-                continue
-            capture = signed_request(
-                kiosk,
-                host,
-                f"/api/v1/authorizations/{answer['authorization_id']}/capture",
-                {"board_txn": i},
-            )
-            t2 = time.perf_counter()
-            status, body = await exchange(reader, writer, capture)
-            t3 = time.perf_counter()
-            if status != 200:
-                kiosk.errors.append(f"capture: {status} {body[:200]!r}")
-                continue
-            kiosk.authorize_ms.append((t1 - t0) * 1000)
-            kiosk.capture_ms.append((t3 - t2) * 1000)
+    finally:
+        writer.close()
+
+
+async def drive_paced(
+    kiosk: SimKiosk, host: str, port: int, deadline: float, rate: float, rng: random.Random
+) -> None:
+    """Open loop: taps arrive at random (Poisson, `rate` per second for this kiosk), as people
+    walk up, whether or not the server kept up; a tap due while the last is still in flight
+    waits for it, as a person waits at a busy kiosk, and that wait counts. The kiosk connects
+    when its first tap is due (as an HTTP client does) and keeps the connection alive after."""
+    i = 0
+    due = time.perf_counter() + rng.expovariate(rate)
+    if due >= deadline:
+        return
+    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while due < deadline:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await tap(kiosk, host, reader, writer, i, due)
+            i += 1
+            due += rng.expovariate(rate)
     finally:
         writer.close()
 
@@ -149,17 +191,27 @@ def load_kiosks(spec: dict[str, Any]) -> list[SimKiosk]:
     return kiosks
 
 
-async def main_async(spec: dict[str, Any], mode: str, seconds: float) -> dict[str, Any]:
+async def main_async(
+    spec: dict[str, Any], mode: str, seconds: float, rate: float = 0.0
+) -> dict[str, Any]:
     host, port = spec["host"], spec["port"]
     kiosks = load_kiosks(spec)
-    if mode == "kiosk":
+    if mode in ("kiosk", "paced"):
+        ahead = PRESIGNED_PER_KIOSK
+        if mode == "paced":  # enough for this run's expected taps, with room for chance
+            ahead = int(rate / len(kiosks) * seconds * 1.5) + 10
         for kiosk in kiosks:
-            kiosk.presigned = [authorize_request(kiosk, host) for _ in range(PRESIGNED_PER_KIOSK)]
+            kiosk.presigned = [authorize_request(kiosk, host) for _ in range(ahead)]
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     began = time.perf_counter()
     deadline = began + seconds
-    drive = drive_kiosk if mode == "kiosk" else drive_noop
-    await asyncio.gather(*(drive(k, host, port, deadline) for k in kiosks))
+    if mode == "paced":
+        rng = random.Random(1)
+        each = rate / len(kiosks)
+        await asyncio.gather(*(drive_paced(k, host, port, deadline, each, rng) for k in kiosks))
+    else:
+        drive = drive_kiosk if mode == "kiosk" else drive_noop
+        await asyncio.gather(*(drive(k, host, port, deadline) for k in kiosks))
     elapsed = time.perf_counter() - began
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     return {
@@ -175,9 +227,10 @@ async def main_async(spec: dict[str, Any], mode: str, seconds: float) -> dict[st
 
 def main() -> int:
     spec_path, mode, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    rate = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
     with open(spec_path) as f:
         spec = json.load(f)
-    result = asyncio.run(main_async(spec, mode, seconds))
+    result = asyncio.run(main_async(spec, mode, seconds, rate))
     json.dump(result, sys.stdout)
     return 0
 
