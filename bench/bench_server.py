@@ -8,10 +8,15 @@ One run measures, on the same machine and the same database:
 2. pgbench's simple-update TPS (`pgbench -N`, same number of clients) on the same database;
 3. a no-op endpoint (`GET /api/v1/health`) of the same server, same configuration, same clients.
 
+4. the same kiosks in an open loop at 25, 50 and 75% of the rate measured in 1: taps arrive at
+   random (Poisson) whether or not the server keeps up, and latency counts from when each tap was
+   due. The closed loop's latency is only queueing (64 kiosks always waiting: 64 / rate, by
+   Little's law); the open loop's is what a kiosk sees at a given load.
+
 It prints authorizations/s, p50/p99 of authorize and capture, and the ratios to both baselines.
 
     .venv/bin/python bench/bench_server.py [--seconds 10] [--clients 64] [--database postgresql]
-        [--workers <cores>] [--threads 8]
+        [--workers <cores>] [--threads 4]
 
 The server is started as in production (server.wsgi:app under gunicorn's gthread worker,
 configured from the environment; the schema comes from the migrations). Each kiosk's cards have a
@@ -409,7 +414,7 @@ def main() -> int:
         "--database", choices=["postgresql", "sqlite", "both"], default="postgresql"
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--no-pgbench", action="store_true")
     args = parser.parse_args()
     ok = True

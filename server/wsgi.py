@@ -1,18 +1,19 @@
 """The WSGI entry point for production servers, configured from the environment:
 
-    gunicorn --worker-class gthread --workers <CPU cores> --threads 8 --keep-alive 75 \
+    gunicorn --worker-class gthread --workers <CPU cores> --threads 4 --keep-alive 75 \
         --backlog 2048 --bind 127.0.0.1:8080 'server.wsgi:app'
 
 Put it behind a TLS reverse proxy; run `onecard server init-db` on deploy, before the workers.
 
 Why this shape (measured with bench/bench_server.py, 64 kiosks, PostgreSQL on the same 2-core
-machine): a request spends most of its time waiting on PostgreSQL round trips, so a few threads
-per process overlap those waits; the CPU work holds the GIL, so one process per core uses the
-cores. More processes than cores (4x2, 8x2, 16x1) measured 20-50 % fewer authorizations per
-second than 2 workers x 8 threads (more connections, colder caches, more context switches),
-2x16 about the same as 2x8. gthread keeps kiosks' connections alive between calls (the sync
-worker closes each one). Each worker's pool (server.db: 20 + 80 overflow) must cover its
-threads, and workers x threads must stay below PostgreSQL's max_connections.
+machine): a request still waits on PostgreSQL round trips, so a few threads per process overlap
+those waits; the CPU work holds the GIL, so one process per core uses the cores. With the
+PostgreSQL ledger (server.ledger), 2 workers x 4 threads gave a median of 309 authorizations/s
+over three runs, against 300 for 2 x 2 and 282 for 2 x 8 (more threads contend for the GIL:
+more context switches); more processes than cores measured lower still. gthread keeps kiosks'
+connections alive between calls (the sync worker closes each one). Each worker's pool
+(server.db: 20 + 80 overflow) must cover its threads, and workers x threads must stay below
+PostgreSQL's max_connections.
 """
 
 from __future__ import annotations
