@@ -78,34 +78,48 @@ def authorize_request(kiosk: SimKiosk, host: str) -> bytes:
     return signed_request(kiosk, host, "/api/v1/authorizations", {"proof": proof, "slot": 1})
 
 
-async def exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[int, bytes]:
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    body = await reader.readexactly(length) if length else b""
-    return status, body
+class Link:
+    """One kiosk's HTTP/1.1 connection: kept alive, and opened again when the server closes it
+    (gunicorn's sync worker answers every request with `Connection: close`)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = 0
+        close = False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        body = await self.reader.readexactly(length) if length else b""
+        if close:
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
 
 
-async def tap(
-    kiosk: SimKiosk,
-    host: str,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    i: int,
-    started: float,
-) -> None:
+async def tap(kiosk: SimKiosk, host: str, link: Link, i: int, started: float) -> None:
     """One tap: authorize, then capture. Latencies count from `started` (for paced kiosks, the
     moment the tap was due, so a late start is counted: no coordinated omission)."""
     request = kiosk.presigned[i] if i < len(kiosk.presigned) else authorize_request(kiosk, host)
-    status, body = await exchange(reader, writer, request)
+    status, body = await link.exchange(request)
     t1 = time.perf_counter()
     answer = json.loads(body) if status == 200 else {}
     if status != 200 or not answer.get("approved"):
@@ -118,7 +132,7 @@ async def tap(
         {"board_txn": i},
     )
     t2 = time.perf_counter()
-    status, body = await exchange(reader, writer, capture)
+    status, body = await link.exchange(capture)
     t3 = time.perf_counter()
     if status != 200:
         kiosk.errors.append(f"capture: {status} {body[:200]!r}")
@@ -129,14 +143,14 @@ async def tap(
 
 async def drive_kiosk(kiosk: SimKiosk, host: str, port: int, deadline: float) -> None:
     """Closed loop: the next tap as soon as the last one is settled (the server's saturation)."""
-    reader, writer = await asyncio.open_connection(host, port)
+    link = Link(host, port)
     i = 0
     try:
         while time.perf_counter() < deadline:
-            await tap(kiosk, host, reader, writer, i, time.perf_counter())
+            await tap(kiosk, host, link, i, time.perf_counter())
             i += 1
     finally:
-        writer.close()
+        link.close()
 
 
 async def drive_paced(
@@ -146,37 +160,34 @@ async def drive_paced(
     walk up, whether or not the server kept up; a tap due while the last is still in flight
     waits for it, as a person waits at a busy kiosk, and that wait counts. The kiosk connects
     when its first tap is due (as an HTTP client does) and keeps the connection alive after."""
+    link = Link(host, port)
     i = 0
     due = time.perf_counter() + rng.expovariate(rate)
-    if due >= deadline:
-        return
-    await asyncio.sleep(max(0.0, due - time.perf_counter()))
-    reader, writer = await asyncio.open_connection(host, port)
     try:
         while due < deadline:
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await tap(kiosk, host, reader, writer, i, due)
+            await tap(kiosk, host, link, i, due)
             i += 1
             due += rng.expovariate(rate)
     finally:
-        writer.close()
+        link.close()
 
 
 async def drive_noop(kiosk: SimKiosk, host: str, port: int, deadline: float) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
+    link = Link(host, port)
     request = f"GET /api/v1/health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     try:
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
-            status, body = await exchange(reader, writer, request)
+            status, body = await link.exchange(request)
             if status != 200:
                 kiosk.errors.append(f"health: {status} {body[:200]!r}")
                 continue
             kiosk.authorize_ms.append((time.perf_counter() - t0) * 1000)
     finally:
-        writer.close()
+        link.close()
 
 
 def load_kiosks(spec: dict[str, Any]) -> list[SimKiosk]:
