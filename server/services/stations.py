@@ -1,0 +1,328 @@
+"""Service stations: exam eligibility and records (the rules themselves are server.exams),
+couples, and appointment slots.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from server import audit, exams
+from server.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unprocessable
+from server.models import Appointment, Couple, ExamProgramme, ExamRecord, Kiosk, Resident, StaffUser
+from server.services.context import Context
+from server.services.dispensing import check_tap, holder_of, parse_tap
+from server.services.people import in_scope
+
+# --- exams at service stations --------------------------------------------------------------------
+
+
+def _programmes(session: Session) -> list[tuple[int, exams.Programme]]:
+    rows = session.scalars(
+        select(ExamProgramme).where(ExamProgramme.active.is_(True)).order_by(ExamProgramme.id)
+    ).all()
+    return [
+        (
+            row.id,
+            exams.Programme(
+                row.code,
+                row.name,
+                frozenset(row.sexes or ""),
+                row.min_age,
+                row.max_age,
+                row.interval_days,
+                row.once,
+                row.requires_plan,
+            ),
+        )
+        for row in rows
+    ]
+
+
+def _identify(
+    session: Session, ctx: Context, station_id: str, proof: Any
+) -> tuple[Resident, dt.date]:
+    challenge, signature = parse_tap(proof, station_id, ctx)
+    checked = check_tap(session, ctx, station_id, challenge, signature)
+    if isinstance(checked, dict):
+        raise Unprocessable(checked["message"], code=checked["reason"])
+    card, now = checked
+    resident = session.get(Resident, card.resident_id)
+    assert resident is not None
+    return resident, ctx.today(now)
+
+
+def _decisions(
+    session: Session, ctx: Context, resident: Resident, today: dt.date
+) -> list[tuple[int, exams.Programme, exams.ExamDecision]]:
+    holder = holder_of(ctx, resident)
+    history: dict[int, list[dt.date]] = defaultdict(list)
+    for programme_id, given_on in session.execute(
+        select(ExamRecord.programme_id, ExamRecord.given_on).where(
+            ExamRecord.resident_id == resident.id
+        )
+    ):
+        history[programme_id].append(given_on)
+    plan_since = session.scalar(
+        select(func.max(Couple.planning_since)).where(
+            Couple.active.is_(True),
+            (Couple.partner_a_id == resident.id) | (Couple.partner_b_id == resident.id),
+        )
+    )
+    return [
+        (pid, programme, exams.evaluate(programme, holder, history[pid], today, plan_since))
+        for pid, programme in _programmes(session)
+    ]
+
+
+def _decision_view(programme: exams.Programme, decision: exams.ExamDecision) -> dict[str, Any]:
+    return {
+        "programme": programme.code,
+        "name": programme.name,
+        "eligible": decision.eligible,
+        "reason": decision.reason.value if decision.reason else None,
+        "next_eligible_on": decision.next_eligible_on.isoformat()
+        if decision.next_eligible_on
+        else None,
+    }
+
+
+def exam_eligibility(session: Session, ctx: Context, station_id: str, proof: Any) -> dict[str, Any]:
+    """A card tapped at a station: every programme, eligible or not, why, and from when. Nothing
+    about the person beyond that."""
+    resident, today = _identify(session, ctx, station_id, proof)
+    return {
+        "programmes": [
+            _decision_view(programme, decision)
+            for _pid, programme, decision in _decisions(session, ctx, resident, today)
+        ]
+    }
+
+
+def record_exam(
+    session: Session,
+    ctx: Context,
+    station_id: str,
+    proof: Any,
+    programme_code: str,
+    staff: str | None,
+) -> dict[str, Any]:
+    """Record that an exam was given today at this station (the card is tapped again: the person
+    is present). Refused with 409 when the person is not eligible. Never stores results."""
+    resident, today = _identify(session, ctx, station_id, proof)
+    session.scalar(select(Resident.id).where(Resident.id == resident.id).with_for_update())
+    for pid, programme, decision in _decisions(session, ctx, resident, today):
+        if programme.code != programme_code:
+            continue
+        if not decision.eligible:
+            raise Conflict(
+                f"not eligible for {programme.name}: {decision.reason}",
+                code="not_eligible",
+                reason=decision.reason.value if decision.reason else None,
+                next_eligible_on=decision.next_eligible_on.isoformat()
+                if decision.next_eligible_on
+                else None,
+            )
+        record = ExamRecord(
+            programme_id=pid,
+            resident_id=resident.id,
+            station_id=station_id,
+            given_on=today,
+            staff=staff,
+            created_at=ctx.now(),
+        )
+        session.add(record)
+        session.flush()
+        return {"record_id": record.id, "programme": programme.code, "given_on": today.isoformat()}
+    raise NotFound(f"no programme {programme_code}", code="programme_unknown")
+
+
+def register_couple(
+    session: Session,
+    ctx: Context,
+    user: StaffUser,
+    partner_a: int,
+    partner_b: int,
+    planning_since: dt.date | None,
+) -> dict[str, Any]:
+    """Record two residents as a couple (optionally planning a pregnancy since a date). A person
+    is in at most one active couple: registering a new one ends the earlier. No commit."""
+    if partner_a == partner_b:
+        raise InvalidRequest("a couple is two different people", code="field_invalid")
+    people = [session.get(Resident, partner_a), session.get(Resident, partner_b)]
+    if any(p is None for p in people):
+        raise NotFound("no such resident", code="resident_unknown")
+    if not all(in_scope(session, user, p.region_id) for p in people if p is not None):
+        raise Forbidden("a partner lives outside your area", code="out_of_scope")
+    for earlier in session.scalars(
+        select(Couple).where(
+            Couple.active.is_(True),
+            Couple.partner_a_id.in_([partner_a, partner_b])
+            | Couple.partner_b_id.in_([partner_a, partner_b]),
+        )
+    ):
+        earlier.active = False
+    couple = Couple(
+        partner_a_id=partner_a,
+        partner_b_id=partner_b,
+        planning_since=planning_since,
+        active=True,
+        created_at=ctx.now(),
+    )
+    session.add(couple)
+    session.flush()
+    audit.append(
+        session,
+        at=ctx.now(),
+        actor=f"user:{user.id}",
+        action="couple.register",
+        subject=f"couple:{couple.id}",
+        detail={"partners": [partner_a, partner_b]},
+    )
+    return {
+        "couple_id": couple.id,
+        "partners": [partner_a, partner_b],
+        "planning_since": planning_since.isoformat() if planning_since else None,
+    }
+
+
+# --- appointments -----------------------------------------------------------------------------------
+
+SLOT_MINUTES = 30
+OPENING = dt.time(8, 0)
+CLOSING = dt.time(17, 0)
+
+
+def _station(session: Session, station_id: str) -> Kiosk:
+    station = session.get(Kiosk, station_id)
+    if station is None or station.kind != "station":
+        raise NotFound(f"no station {station_id}", code="station_unknown")
+    return station
+
+
+def slot_starts(ctx: Context, day: dt.date) -> list[dt.datetime]:
+    """The day's appointment slots at a station, in the city's time zone."""
+    start = dt.datetime.combine(day, OPENING, ctx.timezone)
+    end = dt.datetime.combine(day, CLOSING, ctx.timezone)
+    slots = []
+    while start < end:
+        slots.append(start)
+        start += dt.timedelta(minutes=SLOT_MINUTES)
+    return slots
+
+
+def station_slots(
+    session: Session, ctx: Context, user: StaffUser, station_id: str, day: dt.date
+) -> list[dict[str, Any]]:
+    station = _station(session, station_id)
+    if not in_scope(session, user, station.region_id):
+        raise Forbidden("this station is outside your area", code="out_of_scope")
+    starts = slot_starts(ctx, day)
+    booked = dict(
+        session.execute(
+            select(Appointment.starts_at, Appointment.id).where(
+                Appointment.station_id == station_id,
+                Appointment.status == "booked",
+                # UTC: SQLite keeps the wall time and drops the offset.
+                Appointment.starts_at >= starts[0].astimezone(dt.UTC),
+                Appointment.starts_at <= starts[-1].astimezone(dt.UTC),
+            )
+        ).all()
+    )
+    booked = {audit.as_utc(at): appointment_id for at, appointment_id in booked.items()}
+    now = ctx.now()
+    return [
+        {
+            "starts_at": start.isoformat(),
+            "available": start > now and start.astimezone(dt.UTC) not in booked,
+            "appointment_id": booked.get(start.astimezone(dt.UTC)),
+        }
+        for start in starts
+    ]
+
+
+def book_appointment(
+    session: Session,
+    ctx: Context,
+    user: StaffUser,
+    *,
+    station_id: str,
+    programme_code: str,
+    resident_id: int,
+    starts_at: dt.datetime,
+) -> dict[str, Any]:
+    """Book a slot for a person's exam; the person must be eligible on that day. No commit."""
+    station = _station(session, station_id)
+    local = starts_at.astimezone(ctx.timezone)
+    if local not in slot_starts(ctx, local.date()):
+        raise InvalidRequest(
+            f"appointments start on the {SLOT_MINUTES}-minute marks from {OPENING:%H:%M} to {CLOSING:%H:%M}",
+            code="slot_invalid",
+        )
+    if starts_at <= ctx.now():
+        raise InvalidRequest("that slot has passed", code="slot_invalid")
+    resident = session.get(Resident, resident_id)
+    if resident is None:
+        raise NotFound(f"no resident {resident_id}", code="resident_unknown")
+    if not (
+        in_scope(session, user, station.region_id) and in_scope(session, user, resident.region_id)
+    ):
+        raise Forbidden("the station or the resident is outside your area", code="out_of_scope")
+    for pid, programme, decision in _decisions(session, ctx, resident, local.date()):
+        if programme.code != programme_code:
+            continue
+        if not decision.eligible:
+            raise Conflict(
+                f"not eligible for {programme.name} on {local.date()}: {decision.reason}",
+                code="not_eligible",
+                reason=decision.reason.value if decision.reason else None,
+            )
+        appointment = Appointment(
+            station_id=station_id,
+            programme_id=pid,
+            resident_id=resident_id,
+            starts_at=starts_at.astimezone(dt.UTC),
+            status="booked",
+            booked_by=user.id,
+            created_at=ctx.now(),
+        )
+        session.add(appointment)
+        try:
+            session.flush()
+        except IntegrityError:
+            raise Conflict("that slot is taken", code="slot_taken") from None
+        return {
+            "appointment_id": appointment.id,
+            "station_id": station_id,
+            "programme": programme.code,
+            "starts_at": local.isoformat(),
+            "status": "booked",
+        }
+    raise NotFound(f"no programme {programme_code}", code="programme_unknown")
+
+
+def cancel_appointment(
+    session: Session, ctx: Context, user: StaffUser, appointment_id: int
+) -> dict[str, Any]:
+    appointment = session.get(Appointment, appointment_id)
+    if appointment is None:
+        raise NotFound(f"no appointment {appointment_id}", code="appointment_unknown")
+    station = _station(session, appointment.station_id)
+    if not in_scope(session, user, station.region_id):
+        raise Forbidden("this station is outside your area", code="out_of_scope")
+    appointment.status = "cancelled"
+    programme = session.scalar(
+        select(ExamProgramme.code).where(ExamProgramme.id == appointment.programme_id)
+    )
+    return {
+        "appointment_id": appointment.id,
+        "station_id": appointment.station_id,
+        "programme": programme,
+        "starts_at": audit.as_utc(appointment.starts_at).astimezone(ctx.timezone).isoformat(),
+        "status": "cancelled",
+    }
