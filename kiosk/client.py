@@ -3,6 +3,13 @@
 The signature format is cardsvc.requestsig (docs/interfaces.md). Every POST carries an
 Idempotency-Key that the caller keeps in the journal, so a retry after a timeout or a crash gets
 the server's first answer and never reserves or charges twice.
+
+The server runs behind a TLS reverse proxy (ARCHITECTURE.md). With the application down, the
+proxy answers 502, 503 or 504 itself, usually with an HTML page; the server's own errors are
+always `application/problem+json` documents with a `code` (server.problems). So a 502/503/504
+without such a document is the proxy saying the server cannot be reached: it raises
+ServerUnavailableError like a refused connection (and the kiosk may serve offline), while the
+server's own 503 (e.g. `card_ca_not_configured`) is its decision and stays ServerProblemError.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import requests
@@ -18,6 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cardsvc import requestsig
 from kiosk.errors import ServerProblemError, ServerUnavailableError
+
+# What a reverse proxy answers for an application server that is down, overloaded or too slow.
+GATEWAY_STATUSES = frozenset({502, 503, 504})
+PROBLEM_JSON = "application/problem+json"
 
 
 @dataclass(frozen=True)
@@ -114,12 +126,14 @@ class ServerClient:
         return self.post("/api/v1/telemetry", heartbeat, idempotency_key)
 
     def post(self, path: str, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
-        """POST signed JSON; retried on connection failures with the same idempotency key."""
+        """POST signed JSON; retried with the same idempotency key when nothing answered or a
+        gateway answered for the server, up to `retries` times."""
         payload = json.dumps(body, separators=(",", ":")).encode()
-        last: Exception | None = None
+        last: ServerUnavailableError | None = None
         for _ in range(self._retries + 1):
             # Each attempt is signed afresh (new time and nonce); the idempotency key is what
-            # makes the attempts one request at the server.
+            # makes the attempts one request at the server, also after a 504 whose request the
+            # server did receive.
             headers = self._signed_headers("POST", path, payload)
             headers["Idempotency-Key"] = idempotency_key
             try:
@@ -127,23 +141,34 @@ class ServerClient:
                     self.base_url + path, data=payload, headers=headers, timeout=self._timeout
                 )
             except requests.RequestException as exc:
-                last = exc
+                last = self._unanswered(exc)
                 continue
-            return self._answer(response)
-        raise ServerUnavailableError(f"the server at {self.base_url} did not answer: {last}")
+            try:
+                return self._answer(response)
+            except ServerUnavailableError as exc:  # a gateway answered for the server
+                last = exc
+        assert last is not None
+        raise last
 
     def get(self, path: str) -> dict[str, Any]:
+        """GET, once: the callers (configuration, revocations) try again at their next turn."""
         headers = self._signed_headers("GET", path, b"")
         try:
             response = self._http.get(self.base_url + path, headers=headers, timeout=self._timeout)
         except requests.RequestException as exc:
-            raise ServerUnavailableError(
-                f"the server at {self.base_url} did not answer: {exc}"
-            ) from exc
+            raise self._unanswered(exc) from exc
         return self._answer(response)
 
+    def _unanswered(self, exc: requests.RequestException) -> ServerUnavailableError:
+        return ServerUnavailableError(f"the server at {self.base_url} did not answer: {exc}")
+
     def _answer(self, response: requests.Response) -> dict[str, Any]:
-        if response.status_code < 500:  # a 5xx may come from a proxy with the server down
+        status = response.status_code
+        if status in GATEWAY_STATUSES and not _is_server_problem(response):
+            raise ServerUnavailableError(
+                f"the server's gateway answered {status} {_phrase(status)}", status=status
+            )
+        if status < 500:  # only then surely the server's own answer: it was reachable
             self.last_contact = time.time()
         return _json_or_problem(response)
 
@@ -154,6 +179,25 @@ class ServerClient:
         headers = signed.as_dict()
         headers["Content-Type"] = "application/json"
         return headers
+
+
+def _is_server_problem(response: requests.Response) -> bool:
+    """The OneCard server's own error: an application/problem+json object with a `code`."""
+    media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if media_type != PROBLEM_JSON:
+        return False
+    try:
+        doc = response.json()
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("code"), str) and bool(doc["code"])
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _json_or_problem(response: requests.Response) -> dict[str, Any]:

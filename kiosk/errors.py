@@ -10,7 +10,14 @@ class KioskError(Exception):
 
 
 class ServerUnavailableError(KioskError):
-    """The central server could not be reached or did not answer in time."""
+    """The central server could not be reached or did not answer in time.
+
+    `status` is the HTTP status when a gateway in front of the server answered for it (502, 503
+    or 504 without the server's problem document); None when nothing answered at all."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ServerProblemError(KioskError):

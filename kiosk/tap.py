@@ -6,9 +6,10 @@ crash `Kiosk.recover()` can finish every open transaction: ask the board what be
 dispense, then capture or void at the server with the same idempotency keys. A unit is charged
 only when the board's drop sensor saw the item fall.
 
-When the server cannot be reached at authorize time and the kiosk has an offline mode
-(kiosk.offline), the kiosk approves alone within the signed offline caps, dispenses, and queues
-the outcome; `recover()` posts the queue once the server answers again.
+When the server cannot be reached at authorize time (no answer, or only its gateway's 502, 503
+or 504: kiosk.client) and the kiosk has an offline mode (kiosk.offline), the kiosk approves
+alone within the signed offline caps, dispenses, and queues the outcome; `recover()` posts the
+queue once the server answers again.
 
 Words for the resident are made here and nowhere else (the kiosk screen's edge).
 """
@@ -381,7 +382,12 @@ class Kiosk:
             try:
                 state = self._recover_one(txn)
             except (ServerUnavailableError, BoardError):
-                continue  # still unreachable: try again at the next recovery
+                continue  # still unreachable (or only its gateway answers): try again later
+            except ServerProblemError as exc:
+                if exc.status < 500:
+                    raise
+                log.warning("txn %d waits for the server: %s", txn.id, exc)
+                continue  # the server failed, it did not decide: try again later
             if state in TERMINAL:
                 done.append((txn.id, state))
         try:
@@ -417,6 +423,8 @@ class Kiosk:
                     txn.request["proof"], txn.request["slot"], txn.idempotency_key
                 )
             except ServerProblemError as exc:
+                if exc.status >= 500:
+                    raise  # not a decision about this request: ask again at the next recovery
                 return self.journal.advance(txn.id, TxnState.REFUSED, detail=exc.code).state
             if not auth.approved or auth.authorization_id is None:
                 return self.journal.advance(txn.id, TxnState.REFUSED, detail=auth.reason).state
