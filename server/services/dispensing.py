@@ -273,20 +273,6 @@ def _parsed_certificate(der: bytes) -> x509.Certificate:
     return load_certificate(der)
 
 
-def _add_usage(
-    session: Session,
-    resident_id: int,
-    category_id: int,
-    day: dt.date,
-    *,
-    reserved: int,
-    captured: int = 0,
-) -> None:
-    ledger.add_usage(
-        _connection(session), resident_id, category_id, day, reserved=reserved, captured=captured
-    )
-
-
 def cached_rules(session: Session, ctx: Context) -> list[rules.Rule]:
     """The active rules, re-read at most every RULES_TTL seconds (rules change rarely; an edit
     takes effect within that time)."""
@@ -641,8 +627,13 @@ def sync_offline(
             )
         )
         if dispensed:
-            _add_usage(
-                session, card.resident_id, product.category_id, day, reserved=0, captured=units
+            ledger.add_usage(
+                _connection(session),
+                card.resident_id,
+                product.category_id,
+                day,
+                reserved=0,
+                captured=units,
             )
         result.update(
             status="applied",
