@@ -1,10 +1,12 @@
 """The kiosk's signed configuration: downloaded, verified, kept on disk, trusted offline.
 
 The server answers GET /api/v1/kiosks/me/config with the kiosk's slots, the offline rules
-(a small allowance per card per day, the most hours the kiosk may serve offline) and the
-revocation list, signed with its Ed25519 key (server/services.py `kiosk_config`): `signature` is
-base64 of the signature over the canonical JSON of the rest of the document (sorted keys, no
-spaces, UTF-8).
+(a small allowance per card per day, the most hours the kiosk may serve offline) and the version
+of the revocation list, signed with its Ed25519 key (server/services/kiosks.py `kiosk_config`):
+`signature` is base64 of the signature over the canonical JSON of the rest of the document
+(sorted keys, no spaces, UTF-8). The list itself is not in the configuration: the kiosk keeps it
+from the signed deltas of GET /api/v1/revocations (kiosk.revocation), whose version numbers the
+configuration's `revocation.version` shares.
 
 The server's key is the one pinned in `<data dir>/server-key.pub` (kiosk.revocation keeps that
 file and checks its revocation deltas with the same key). It is written by the installer
@@ -77,8 +79,9 @@ class SignedConfig:
     issued_at: dt.datetime
     slots: Mapping[int, SlotConfig]
     offline: OfflineRules
+    # The revocation list's version when the server signed this (kiosk.revocation's `version`,
+    # in decimal), kept as text: the heartbeat compares it with the server's answer.
     revocation_version: str
-    revoked_card_guids: frozenset[bytes]
     document: Mapping[str, Any]
 
     @classmethod
@@ -101,15 +104,12 @@ class SignedConfig:
             rules = OfflineRules(
                 int(offline["units_per_card_per_day"]), float(offline["max_offline_hours"])
             )
-            revocation = document["revocation"]
-            revoked = frozenset(bytes.fromhex(g) for g in revocation["revoked_card_guids"])
             return cls(
                 kiosk_id=str(document["kiosk_id"]),
                 issued_at=issued_at,
                 slots=slots,
                 offline=rules,
-                revocation_version=str(revocation["version"]),
-                revoked_card_guids=revoked,
+                revocation_version=str(document["revocation"]["version"]),
                 document=dict(document),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -148,7 +148,7 @@ class ConfigSource(Protocol):
 
 class ConfigSync:
     """The kiosk's current configuration. `refresh()` fetches a new one (from a background
-    thread); `current` and `revoked()` read the last good one without blocking."""
+    thread); `current` reads the last good one without blocking."""
 
     def __init__(
         self,
@@ -171,11 +171,6 @@ class ConfigSync:
     @property
     def current(self) -> SignedConfig | None:
         return self._current
-
-    def revoked(self) -> frozenset[bytes]:
-        """GUIDs of the cards the last good configuration says must not be served."""
-        config = self._current
-        return config.revoked_card_guids if config is not None else frozenset()
 
     def issued_at(self) -> float | None:
         """When the server signed the last good configuration (Unix time): a contact time

@@ -387,7 +387,7 @@ def sync_offline_transactions() -> tuple[Response, int]:
 
 @api.get("/kiosks/me/config")
 def kiosk_configuration() -> Response:
-    """The calling kiosk's slots, offline rules and revocation list, signed by the server."""
+    """The calling kiosk's slots, offline rules and revocation list version, signed by the server."""
     kiosk = authenticated_kiosk()
     config = services.kiosk_config(db.session, _ctx(), kiosk.id)
     _commit_with_nonce()

@@ -490,7 +490,7 @@ def _core_document() -> dict[str, Any]:
             },
             "/api/v1/kiosks/me/config": {
                 "get": {
-                    "summary": "The calling kiosk's slots, offline rules and revocation list, signed",
+                    "summary": "The calling kiosk's slots, offline rules and revocation version, signed",
                     "security": KIOSK_SECURITY,
                     "parameters": [
                         {"$ref": "#/components/parameters/XKioskId"},
@@ -816,7 +816,12 @@ def _core_document() -> dict[str, Any]:
                     "required": ["status", "revocation_version"],
                     "properties": {
                         "status": {"const": "ok"},
-                        "revocation_version": {"type": "string"},
+                        "revocation_version": {
+                            "type": "string",
+                            "pattern": "^[0-9]+$",
+                            "description": "the revocation list's current version in decimal: "
+                            "the configuration's revocation.version, as a string",
+                        },
                     },
                 },
                 "KioskConfig": {
@@ -857,12 +862,14 @@ def _core_document() -> dict[str, Any]:
                         },
                         "revocation": {
                             "type": "object",
-                            "required": ["version", "revoked_card_guids"],
+                            "required": ["version"],
                             "properties": {
-                                "version": {"type": "string"},
-                                "revoked_card_guids": {
-                                    "type": "array",
-                                    "items": {"type": "string"},
+                                "version": {
+                                    "type": "integer",
+                                    "minimum": 0,
+                                    "description": "the revocation list's current version, as "
+                                    "GET /api/v1/revocations answers it (its highest seq): a "
+                                    "kiosk whose list is at a lower version is behind",
                                 },
                             },
                         },

@@ -22,7 +22,9 @@ is no longer active (revoked, or replaced by a newer card). `GET /api/v1/revocat
 answers the rows after N and the current version, signed with the server's Ed25519 key over the
 canonical JSON of the answer (as kiosk configurations are), so a kiosk keeps it and trusts it
 offline. Rows are added when the list is read for any card whose status left `active` by any
-path (the revoke call, a replacement), so no writer of card status has to know about the list.
+path (the revoke call, a replacement), so no writer of card status has to know about the list;
+the journalling and the version live in server.services.kiosks (`revocation_version`), which the
+kiosk configuration and the heartbeat's answer use too.
 """
 
 from __future__ import annotations
@@ -42,8 +44,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cardsvc.ca import CardCA
@@ -65,6 +66,7 @@ from server.config import ConfigError, ServerConfig, _key_location, _secret_key
 from server.db import db
 from server.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceUnavailable
 from server.models import Card, CardRevocation, CardStatus, Resident, Role, StaffUser
+from server.services.kiosks import revocation_version
 
 EXTENSION_KEY = "onecard_provisioning"
 DEFAULT_VALID_DAYS = 5 * 365
@@ -329,42 +331,10 @@ def renew_card(
     return {**answer, **_secrets(cfg, bytes.fromhex(card.guid))}
 
 
-def _unjournalled(session: Session) -> list[Any]:
-    return list(
-        session.execute(
-            select(Card.guid, Card.status)
-            .outerjoin(CardRevocation, CardRevocation.card_guid == Card.guid)
-            .where(Card.status != CardStatus.ACTIVE, CardRevocation.seq.is_(None))
-            .order_by(Card.status_changed_at, Card.id)
-        ).all()
-    )
-
-
-def _journal_new_revocations(session: Session, ctx: services.Context) -> None:
-    missing = _unjournalled(session)
-    if not missing:
-        return
-    if session.get_bind().dialect.name == "postgresql":
-        # One journal writer at a time, holding the lock until commit: numbers become visible
-        # in order, so a kiosk that read version N never misses a row numbered below N.
-        # (SQLite has one writer anyway: BEGIN IMMEDIATE.)
-        session.execute(text("LOCK TABLE card_revocations IN SHARE ROW EXCLUSIVE MODE"))
-        missing = _unjournalled(session)
-    for guid, status in missing:
-        session.add(CardRevocation(card_guid=guid, reason=status.value, revoked_at=ctx.now()))
-    session.flush()
-
-
 def revocations_since(session: Session, ctx: services.Context, since: int) -> dict[str, Any]:
     """The revocation list after version `since`, signed by the server key. When `since` is
     ahead of the server (a restored database), the whole list is sent (`full`: true)."""
-    try:
-        _journal_new_revocations(session, ctx)
-    except IntegrityError:  # a concurrent reader journalled the same card first: ask again
-        raise ServiceUnavailable(
-            "the revocation list changed under this request; ask again", code="retry"
-        ) from None
-    version = session.scalar(select(CardRevocation.seq).order_by(CardRevocation.seq.desc())) or 0
+    version = revocation_version(session, ctx)
     full = since > version
     rows = session.scalars(
         select(CardRevocation)

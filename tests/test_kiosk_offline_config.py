@@ -122,4 +122,14 @@ def test_no_key_and_no_server_means_no_config(tmp_path: Path) -> None:
     assert sync.pin_on_first_use() is False
     with pytest.raises(ServerUnavailableError):
         sync.refresh()
-    assert sync.current is None and sync.revoked() == frozenset()
+    assert sync.current is None
+
+
+def test_the_config_names_the_revocation_lists_version_only(tmp_path: Path) -> None:
+    """As the server sends it: `revocation` holds the delta list's version, no GUIDs."""
+    body = {k: v for k, v in signed_config().items() if k != "signature"}
+    body["revocation"] = {"version": 7}
+    signature = base64.b64encode(SERVER_KEY.sign(canonical_json(body))).decode()
+    sync = ConfigSync(ConfigServer({**body, "signature": signature}), tmp_path, KIOSK_ID)
+    assert sync.refresh().revocation_version == "7"
+    assert ConfigSync(ConfigServer(body), tmp_path, KIOSK_ID).current == sync.current

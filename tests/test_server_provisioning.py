@@ -20,9 +20,11 @@ from cardsvc.ca import CardCA
 from cardsvc.profile import Chuid
 from cardsvc.provision import diversify_management_key
 from cardsvc.verify import guid_from_certificate, load_certificate, verify_certificate
+from kiosk.config_sync import ConfigSync
 from kiosk.revocation import RevocationList, RevocationListError
 from server.provisioning import EXTENSION_KEY, puk_for
 from tests.fixtures.database import CityCA, ServerWorld
+from tests.test_server_openapi import check_answer
 
 
 @pytest.fixture
@@ -189,6 +191,67 @@ def test_revocation_deltas_are_signed_versioned_and_applied_by_the_kiosk(
     # A kiosk ahead of the server (a restored database) gets the whole list again.
     ahead = signed_get(w, "/api/v1/revocations?since=99").get_json()
     assert ahead["full"] is True and len(ahead["added"]) == 2
+
+
+class WorldAsKioskServer:
+    """What kiosk.config_sync and kiosk.revocation ask of the server, through the test client."""
+
+    def __init__(self, w: ServerWorld) -> None:
+        self.w = w
+
+    def get(self, path: str) -> dict[str, Any]:
+        answer = signed_get(self.w, path)
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        return dict(answer.get_json())
+
+    def config(self) -> dict[str, Any]:
+        return self.get("/api/v1/kiosks/me/config")
+
+    def server_key(self) -> dict[str, Any]:
+        return dict(self.w.client.get("/api/v1/server-key").get_json())
+
+
+def test_the_configuration_carries_the_delta_lists_version(
+    world: ServerWorld, tmp_path: Path
+) -> None:
+    """The configuration and the heartbeat's answer name the version the deltas answer, also
+    right after a revocation no kiosk has fetched yet; so a kiosk can tell from its
+    configuration that its copy of the list is behind."""
+    w = world
+
+    def config_version() -> Any:
+        path = "/api/v1/kiosks/me/config"
+        answer = signed_get(w, path)
+        check_answer("GET", path, answer)
+        return answer.get_json()["revocation"]
+
+    def delta_version() -> Any:
+        return signed_get(w, "/api/v1/revocations?since=0").get_json()["version"]
+
+    assert config_version() == {"version": 0}
+    first = guid_from_certificate(load_certificate(w.card.certificate_der)).hex()
+    revoked = w.client.post(
+        f"/api/v1/cards/{first}/revoke", json={"reason": "lost"}, headers=staff(w)
+    )
+    assert revoked.status_code == 200
+    assert config_version() == {"version": 1}  # before any kiosk asked for the deltas
+    assert delta_version() == 1
+
+    w.issue_card(w.seed.resident_id)
+    w.issue_card(w.seed.resident_id)  # replaces the card issued just before
+    heartbeat = w.post("/api/v1/telemetry", {"stock": {"1": 5}})
+    check_answer("POST", "/api/v1/telemetry", heartbeat)
+    assert heartbeat.get_json()["revocation_version"] == "2"
+    assert config_version() == {"version": 2} and delta_version() == 2
+
+    # The kiosk's side: its configuration says version 2, its list is at 0 until refreshed.
+    server = WorldAsKioskServer(w)
+    config = ConfigSync(server, tmp_path / "kiosk", w.kiosk.id).refresh()
+    kiosk_list = RevocationList(tmp_path / "kiosk", server_key(w))
+    assert kiosk_list.version < int(config.revocation_version) == 2
+    assert kiosk_list.refresh(server)
+    assert kiosk_list.version == int(config.revocation_version)
+    assert first in {guid.hex() for guid in kiosk_list.revoked()}
 
 
 def test_revocations_need_a_signed_kiosk_request(world: ServerWorld) -> None:

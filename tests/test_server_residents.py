@@ -131,10 +131,9 @@ def test_revoked_card_is_refused_and_listed(server_world: ServerWorld) -> None:
     assert revoked.get_json() == {"card_guid": guid, "status": "revoked"}
     assert w.client.post(path, json={"reason": "lost"}, headers=bearer(w.token)).status_code == 200
     assert w.authorize().get_json()["reason"] == "card_revoked"
-    headers = w.kiosk.headers("GET", "/api/v1/kiosks/me/config", b"", w.clock)
-    assert w.client.get("/api/v1/kiosks/me/config", headers=headers).get_json()["revocation"][
-        "revoked_card_guids"
-    ] == [guid]
+    listed = "/api/v1/revocations?since=0"
+    delta = w.client.get(listed, headers=w.kiosk.headers("GET", listed, b"", w.clock)).get_json()
+    assert [entry["card_guid"] for entry in delta["added"]] == [guid]
     assert (
         w.client.post(
             "/api/v1/cards/" + "0" * 32 + "/revoke", json={"reason": "x"}, headers=bearer(w.token)

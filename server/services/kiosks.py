@@ -1,23 +1,36 @@
 """Kiosks and stations as devices: registration, the signed configuration a kiosk runs on
-(slots, offline rules, revocation list), and the telemetry it reports.
+(slots, offline rules, the revocation list's version), and the telemetry it reports.
+
+The revocation list itself is the `card_revocations` journal, which `GET /api/v1/revocations`
+(server.provisioning) hands out as signed deltas; its version, the highest `seq`, is kept here
+so that the delta list, the configuration and the heartbeat's answer name the same number.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from cardsvc import requestsig
 from cardsvc.requestsig import canonical_json
 from server import audit
-from server.errors import InvalidRequest, NotFound, Unprocessable
-from server.models import Card, CardStatus, Kiosk, KioskEvent, KioskSlot, Product, Region
+from server.errors import InvalidRequest, NotFound, ServiceUnavailable, Unprocessable
+from server.models import (
+    Card,
+    CardRevocation,
+    CardStatus,
+    Kiosk,
+    KioskEvent,
+    KioskSlot,
+    Product,
+    Region,
+)
 from server.services.context import Context
 
 # --- kiosk configuration and telemetry -------------------------------------------------------------
@@ -26,15 +39,50 @@ OFFLINE_UNITS_PER_CARD_PER_DAY = 1
 OFFLINE_MAX_HOURS = 24
 
 
-def revocation_list(session: Session) -> tuple[str, list[str]]:
-    """(version, GUIDs of cards that must not be served): the version changes with the list."""
-    guids = sorted(session.scalars(select(Card.guid).where(Card.status != CardStatus.ACTIVE)).all())
-    version = hashlib.sha256("\n".join(guids).encode()).hexdigest()[:16]
-    return version, guids
+def revocation_version(session: Session, ctx: Context) -> int:
+    """The revocation list's current version: the highest `seq` in `card_revocations` (0 when
+    empty), after journalling every card that left `active` since the list was last read, so a
+    revocation made a moment ago counts. `GET /api/v1/revocations` answers this version, and
+    the kiosk configuration and the heartbeat's answer carry it."""
+    try:
+        _journal_new_revocations(session, ctx)
+    except IntegrityError:  # a concurrent reader journalled the same card first: ask again
+        raise ServiceUnavailable(
+            "the revocation list changed under this request; ask again", code="retry"
+        ) from None
+    return session.scalar(select(CardRevocation.seq).order_by(CardRevocation.seq.desc())) or 0
+
+
+def _unjournalled(session: Session) -> list[Any]:
+    return list(
+        session.execute(
+            select(Card.guid, Card.status)
+            .outerjoin(CardRevocation, CardRevocation.card_guid == Card.guid)
+            .where(Card.status != CardStatus.ACTIVE, CardRevocation.seq.is_(None))
+            .order_by(Card.status_changed_at, Card.id)
+        ).all()
+    )
+
+
+def _journal_new_revocations(session: Session, ctx: Context) -> None:
+    missing = _unjournalled(session)
+    if not missing:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        # One journal writer at a time, holding the lock until commit: numbers become visible
+        # in order, so a kiosk that read version N never misses a row numbered below N.
+        # (SQLite has one writer anyway: BEGIN IMMEDIATE.)
+        session.execute(text("LOCK TABLE card_revocations IN SHARE ROW EXCLUSIVE MODE"))
+        missing = _unjournalled(session)
+    for guid, status in missing:
+        session.add(CardRevocation(card_guid=guid, reason=status.value, revoked_at=ctx.now()))
+    session.flush()
 
 
 def kiosk_config(session: Session, ctx: Context, kiosk_id: str) -> dict[str, Any]:
-    """What a kiosk needs to run: its slots' products, the offline rules, the revocation list.
+    """What a kiosk needs to run: its slots' products, the offline rules, and the version of
+    the revocation list (the list itself comes as deltas from `GET /api/v1/revocations`; a
+    kiosk whose copy is at a lower version is behind).
 
     Signed by the server's Ed25519 key (`signature` over the canonical JSON of the rest, sorted
     keys, no spaces), so a kiosk can keep it on disk and trust it offline.
@@ -45,7 +93,6 @@ def kiosk_config(session: Session, ctx: Context, kiosk_id: str) -> dict[str, Any
         .options(joinedload(KioskSlot.product).joinedload(Product.category))
         .order_by(KioskSlot.slot)
     ).all()
-    version, revoked = revocation_list(session)
     body = {
         "kiosk_id": kiosk_id,
         "issued_at": ctx.now().isoformat(),
@@ -64,7 +111,7 @@ def kiosk_config(session: Session, ctx: Context, kiosk_id: str) -> dict[str, Any
             "units_per_card_per_day": OFFLINE_UNITS_PER_CARD_PER_DAY,
             "max_offline_hours": OFFLINE_MAX_HOURS,
         },
-        "revocation": {"version": version, "revoked_card_guids": revoked},
+        "revocation": {"version": revocation_version(session, ctx)},
     }
     signature = ctx.server_key.sign(canonical_json(body))
     return {**body, "signature": base64.b64encode(signature).decode()}
@@ -111,8 +158,8 @@ def record_telemetry(
             for r in rows
         ],
     )
-    version, _ = revocation_list(session)
-    return {"status": "ok", "revocation_version": version}
+    # A string, as kiosk.telemetry compares it with the configuration's version it keeps.
+    return {"status": "ok", "revocation_version": str(revocation_version(session, ctx))}
 
 
 def add_kiosk(
