@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,13 +309,20 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1100, "height": 760})
+@contextmanager
+def page_in(browser: Any, locale: str) -> Iterator[Any]:
+    """A fresh browser profile (its own localStorage) whose preferred language is `locale`."""
+    context = browser.new_context(viewport={"width": 1100, "height": 760}, locale=locale)
     try:
         yield context.new_page()
     finally:
         context.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    with page_in(browser, "en-US") as english:
+        yield english
 
 
 @contextmanager
@@ -450,13 +457,16 @@ def test_a_nurse_checks_a_card_records_an_exam_and_sees_it_refused(stage: Stage,
             wait_for_message(page, "Recorded: Yearly reproductive-health check")
             page.unroute("**/staff/v1/exams/records")
             assert lost == [201]
-            given_on = re.search(r"given (\d{4}-\d{2}-\d{2})", message(page))
-            assert given_on is not None
+            given_on = dt.date.fromisoformat(
+                page.locator("#message time").get_attribute("datetime") or ""
+            )
+            assert f"given {english_date(given_on)}." in message(page)
             wait_for(page, "tr[data-programme=reproductive_health_check][data-eligible=false]")
-            year, month, day = (int(part) for part in given_on.group(1).split("-"))
 
-            expected = dt.date(year, month, day) + dt.timedelta(days=365)
-            assert check.locator("td.next").inner_text() == expected.isoformat()
+            expected = given_on + dt.timedelta(days=365)
+            next_on = check.locator("td.next time")
+            assert next_on.get_attribute("datetime") == expected.isoformat()
+            assert next_on.inner_text() == english_date(expected)
             assert "interval has not passed" in check.inner_text()
             assert check.get_by_role("button", name="Record exam given").count() == 0
             shot(page, stage, "2-recorded")
@@ -478,23 +488,6 @@ def test_a_nurse_checks_a_card_records_an_exam_and_sees_it_refused(stage: Stage,
 
         [(staff, station)] = exam_rows(stage.database_url)
         assert station == STATION and re.fullmatch(r"user:\d+", staff or "")
-
-        # A revoked card is refused, clearly.
-        revoked = requests.post(
-            f"{stage.server_url}/api/v1/cards/{stage.card_guid}/revoke",
-            json={"reason": "lost"},
-            headers={"Authorization": f"Bearer {stage.technician_token}"},
-            timeout=10,
-        )
-        assert revoked.status_code == 200, revoked.text
-        stage.card.insert()
-        try:
-            wait_for_message(page, "Card refused: this card is no longer valid")
-            assert page.locator("#eligibility").is_hidden()
-            shot(page, stage, "3-refused")
-        finally:
-            stage.card.remove()
-        wait_for_message(page, "Card removed")
     # The card service stopped under the page: it says so.
     wait_for(page, "body[data-service=down]")
     wait_for_message(page, "The card service is not running on this computer")
@@ -526,6 +519,205 @@ def test_the_page_says_when_the_desk_has_no_reader(stage: Stage, page: Any) -> N
         wait_for_message(page, "No card reader is connected to this computer")
         assert page.locator("#eligibility").is_hidden()
         shot(page, stage, "5-no-reader")
+
+
+# --- the page in Simplified Chinese and English (static/station-i18n.js) ----------------------------
+
+
+def english_date(day: dt.date) -> str:
+    return f"{day:%B} {day.day}, {day.year}"
+
+
+def chinese_date(day: dt.date) -> str:
+    return f"{day.year}年{day.month}月{day.day}日"
+
+
+@dataclass(frozen=True)
+class Words:
+    """What the desk says in one language, for a card refused both exams."""
+
+    lang: str
+    heading: str
+    service_label: str
+    column: str
+    accepted_none: str
+    programme: str
+    not_now: str
+    no_plan: str
+    too_soon: str
+    server_refused: str
+    date: Callable[[dt.date], str]
+    absent: tuple[str, ...]  # the other language's words: none may show
+
+
+CHINESE = Words(
+    lang="zh-CN",
+    heading="一卡通 · 服务站工作台",
+    service_label="读卡服务",
+    column="不能做的原因",
+    accepted_none="卡已验证。今天没有可做的免费检查。",
+    programme="年度生殖健康检查",
+    not_now="暂不能做",
+    no_plan="仅限已登记计划怀孕的夫妻",
+    too_soon="近期已做过：间隔期未满",
+    server_refused="服务器拒绝了这次请求。",
+    date=chinese_date,
+    absent=("Station desk", "Card service", "Why not", "Not now", "Given recently", "Check again"),
+)
+ENGLISH = Words(
+    lang="en",
+    heading="OneCard · Station desk",
+    service_label="Card service",
+    column="Why not",
+    accepted_none="Card accepted. Not eligible for any free exam today.",
+    programme="Yearly reproductive-health check",
+    not_now="Not now",
+    no_plan="Only for couples registered as planning a pregnancy",
+    too_soon="Given recently: the interval has not passed",
+    server_refused="The server refused the request.",
+    date=english_date,
+    absent=("服务站", "读卡", "原因", "暂不能做", "重新检查", "年"),
+)
+
+
+@pytest.mark.pcscd
+@pytest.mark.parametrize(
+    ("locale", "words"), [("zh-CN", CHINESE), ("en-US", ENGLISH)], ids=["zh-CN", "en-US"]
+)
+def test_the_desk_speaks_the_browsers_language(
+    stage: Stage, browser: Any, locale: str, words: Words
+) -> None:
+    """Labels, refusal reasons and dates in the browser's language; a server code the page
+    does not know shows the server's own words."""
+    with page_in(browser, locale) as page, card_service(stage) as cardsvc_url:
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        open_desk(page, stage, cardsvc_url)
+        wait_for(page, "body[data-service=running][data-reader=ok][data-card=absent]")
+        assert page.evaluate("document.documentElement.lang") == words.lang
+        assert page.inner_text("h1") == words.heading
+        assert page.inner_text("#status-service .label") == words.service_label
+        stage.card.insert()
+        try:
+            check = page.locator("tr[data-programme=reproductive_health_check]")
+            plan = page.locator("tr[data-programme=pre_pregnancy]")
+            wait_for(page, "tr[data-programme=reproductive_health_check]")
+            if check.get_attribute("data-eligible") == "true":
+                # Run alone, without the first Chromium test: give the exam so it is refused.
+                check.locator("button.record").click()
+                check.locator("button.confirm").click()
+                wait_for(page, "tr[data-programme=reproductive_health_check][data-eligible=false]")
+            page.click("#recheck")
+            wait_for_message(page, words.accepted_none)
+
+            assert page.inner_text("thead").count(words.column) == 1
+            assert check.locator("td.programme").inner_text() == words.programme
+            assert check.locator(".badge").inner_text() == words.not_now
+            assert check.locator("td.reason").inner_text() == words.too_soon
+            assert plan.locator("td.reason").inner_text() == words.no_plan
+            next_on = check.locator("td.next time")
+            day = dt.date.fromisoformat(next_on.get_attribute("datetime") or "")
+            assert next_on.inner_text() == words.date(day)
+            body = page.inner_text("body")
+            assert [w for w in words.absent if w in body] == []
+            shot(page, stage, f"6-refused-{locale}")
+
+            # Codes this page does not know: the server's words, or the code itself.
+            def unknown_reason(route: Any) -> None:
+                answer = route.fetch()
+                programmes = answer.json()["programmes"]
+                programmes[0]["reason"] = "moon_phase"
+                route.fulfill(response=answer, json={"programmes": programmes})
+
+            page.route("**/staff/v1/exams/eligibility", unknown_reason)
+            page.click("#recheck")
+            wait_for(page, "tr[data-programme=pre_pregnancy] td.reason:text-is('moon_phase')")
+            page.unroute("**/staff/v1/exams/eligibility")
+            page.route(
+                "**/staff/v1/exams/eligibility",
+                lambda route: route.fulfill(
+                    status=422,
+                    content_type="application/problem+json",
+                    body='{"code": "card_melted", "detail": "the card melted", "status": 422}',
+                ),
+            )
+            page.click("#recheck")
+            wait_for_message(page, words.server_refused)
+            assert "the card melted" in message(page)
+            page.unroute("**/staff/v1/exams/eligibility")
+        finally:
+            stage.card.remove()
+        assert errors == []
+
+
+@pytest.mark.pcscd
+def test_the_language_switch_is_remembered_on_this_desk(stage: Stage, page: Any) -> None:
+    """中文 / English: the whole page changes at once, messages already shown included, and the
+    choice outlives a reload (localStorage); the token stays in the tab's sessionStorage."""
+    from onecard.procs import free_port
+
+    page.goto(f"{stage.server_url}/station")
+    catalogue = page.evaluate("OneCardI18n.catalogue")  # every key in both, same placeholders
+    english, chinese = catalogue["en"], catalogue["zh-CN"]
+    assert set(english) == set(chinese)
+    placeholders = re.compile(r"\{\w+\}")
+    for key in english:
+        assert sorted(placeholders.findall(english[key])) == sorted(
+            placeholders.findall(chinese[key])
+        ), key
+    assert page.inner_text("#signin-title") == "Sign in"
+
+    page.click("button[data-language=zh-CN]")
+    assert page.inner_text("#signin-title") == "登录"
+    assert page.title() == "一卡通 · 服务站工作台"
+    assert page.get_attribute("button[data-language=zh-CN]", "aria-pressed") == "true"
+    page.reload()
+    assert page.inner_text("#signin-title") == "登录"
+    assert page.evaluate("document.documentElement.lang") == "zh-CN"
+
+    port = free_port()  # nothing listens: the page says how to start the card service
+    page.goto(f"{stage.server_url}/station?cardsvc=http://127.0.0.1:{port}&station={STATION}")
+    page.fill("#token", stage.token)
+    page.click("#signin-button")
+    wait_for(page, "body[data-service=down]")
+    wait_for_message(page, "这台电脑上的读卡服务没有运行")
+    assert page.inner_text("#status-service-value") == "未运行"
+    assert page.inner_text("#who-station") == f"服务站 {STATION}"
+
+    page.click("button[data-language=en]")
+    wait_for_message(page, "The card service is not running on this computer")
+    assert f"--allow-origin {stage.server_url} --port {port}" in message(page)
+    assert page.inner_text("#status-service-value") == "not running"
+    assert page.inner_text("#who-station") == f"Station {STATION}"
+    page.reload()  # still signed in (sessionStorage), still in English
+    wait_for_message(page, "The card service is not running on this computer")
+    assert page.evaluate("document.documentElement.lang") == "en"
+    stored = page.evaluate("JSON.stringify(Object.entries(localStorage))")
+    assert stage.token not in stored and '"onecard.station.language","en"' in stored
+
+
+@pytest.mark.pcscd
+def test_a_revoked_card_is_refused_clearly(stage: Stage, page: Any) -> None:
+    """Last of the Chromium tests: it revokes the module's card."""
+    revoked = requests.post(
+        f"{stage.server_url}/api/v1/cards/{stage.card_guid}/revoke",
+        json={"reason": "lost"},
+        headers={"Authorization": f"Bearer {stage.technician_token}"},
+        timeout=10,
+    )
+    assert revoked.status_code == 200, revoked.text
+    with card_service(stage) as cardsvc_url:
+        open_desk(page, stage, cardsvc_url)
+        wait_for(page, "body[data-service=running][data-reader=ok][data-card=absent]")
+        stage.card.insert()
+        try:
+            wait_for_message(page, "Card refused: this card is no longer valid")
+            assert page.locator("#eligibility").is_hidden()
+            assert page.inner_text("#status-card-value") == "refused"
+            shot(page, stage, "3-refused")
+        finally:
+            stage.card.remove()
+        wait_for_message(page, "Card removed")
 
 
 def test_a_wrong_token_is_refused_at_sign_in(server_world: ServerWorld) -> None:

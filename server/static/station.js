@@ -11,6 +11,10 @@
  * Privacy: the server answers programmes only; the page shows nothing about the person, keeps
  * nothing, and clears the table when the card leaves the reader. The token lives in this tab's
  * sessionStorage only. Everything is written with textContent, never as HTML.
+ *
+ * Words: every visible string is a message of station-i18n.js (zh-CN and en), shown with
+ * I18n.put so that the 中文 / English switch re-renders it; server codes the catalogue does not
+ * know show the server's English words.
  */
 "use strict";
 
@@ -24,31 +28,18 @@
     cardsvc: "onecard.station.cardsvc",
   };
 
-  // server/exams.py ExamReason
-  const REASONS = {
-    inactive: "The holder's record is not active",
-    sex_not_served: "Not offered to this holder",
-    too_young: "Below the programme's age range",
-    too_old: "Above the programme's age range",
-    already_given: "Already given (this exam is given once)",
-    too_soon: "Given recently: the interval has not passed",
-    no_plan: "Only for couples registered as planning a pregnancy",
-  };
+  const I18n = window.OneCardI18n;
+  const message = (key, params) => ({ key, params });
+  const raw = (words) => ({ fallback: words });
 
-  // server/services.py RefusalReason, as the server's 422 codes for a tap
-  const CARD_REFUSED = {
-    card_unknown: ["Card refused: this card is not registered with OneCard.",
-      "Ask the resident to contact a technician to have a card issued."],
-    card_revoked: ["Card refused: this card is no longer valid.",
-      "It was reported lost or replaced by a new card. Do not serve with it; the holder can ask for a replacement."],
-    proof_invalid: ["Card refused: the card failed the authenticity check.",
-      "It may be a copy. Do not serve with it."],
-    proof_malformed: ["Card refused: the card's answer could not be understood.",
-      "Try again; if it happens again the card may be damaged."],
-    proof_stale: ["Card refused: this computer's clock is wrong.",
-      "The tap looks too old or from the future. Correct the date and time of this computer."],
-    counter_replayed: ["This tap was already used.", "Press \u201cCheck again\u201d."],
-  };
+  // Server codes with words of their own; an unknown code shows the server's English words.
+  const reasonOf = (code, english) => ({ key: `reason.${code}`, fallback: english ?? code });
+  const programmeName = (p) => ({ key: `programme.${p.programme}`, fallback: p.name });
+  // server/services/dispensing.py RefusalReason and proof_malformed: the 422s of a tap
+  const CARD_REFUSED = new Set([
+    "card_unknown", "card_revoked", "proof_invalid", "proof_malformed", "proof_stale",
+    "counter_replayed",
+  ]);
 
   // cardsvc/service.py _problem_for codes
   const CARD_UNREADABLE = new Set([
@@ -136,14 +127,14 @@
 
   // --- what the nurse sees ------------------------------------------------------------------
 
+  /** A message (and a smaller detail under it) in the message box; see station-i18n.js. */
   function showMessage(kind, text, detail) {
     const box = $("message");
     box.dataset.kind = kind;
-    box.replaceChildren(document.createTextNode(text));
+    box.replaceChildren(I18n.put(document.createElement("span"), text));
     if (detail) {
-      const small = document.createElement("span");
+      const small = I18n.put(document.createElement("span"), detail);
       small.className = "detail";
-      small.textContent = detail;
       box.append(small);
     }
   }
@@ -151,23 +142,23 @@
   function setStatus(which, good, text) {
     const item = $(`status-${which}`);
     item.dataset.state = good === null ? "idle" : good ? "ok" : "bad";
-    $(`status-${which}-value`).textContent = text;
+    I18n.put($(`status-${which}-value`), text);
   }
 
   function setService(running) {
     document.body.dataset.service = running ? "running" : "down";
-    setStatus("service", running, running ? "running" : "not running");
+    setStatus("service", running, running ? "status.running" : "status.not_running");
   }
 
   function setReader(ok, name) {
     document.body.dataset.reader = ok ? "ok" : "none";
-    setStatus("reader", ok, ok ? name || "connected" : "no reader");
+    setStatus("reader", ok, ok ? (name ? raw(name) : "status.connected") : "status.no_reader");
   }
 
   function setCard(present) {
     state.cardPresent = present;
     document.body.dataset.card = present ? "present" : "absent";
-    setStatus("card", present ? true : null, present ? "on the reader" : "no card");
+    setStatus("card", present ? true : null, present ? "status.on_reader" : "status.no_card");
     $("recheck-row").hidden = !present;
   }
 
@@ -179,7 +170,7 @@
   function cell(text, className) {
     const td = document.createElement("td");
     if (className) td.className = className;
-    td.textContent = text;
+    if (text) I18n.put(td, text);
     return td;
   }
 
@@ -188,15 +179,19 @@
       const tr = document.createElement("tr");
       tr.dataset.programme = p.programme;
       tr.dataset.eligible = String(p.eligible);
-      tr.append(cell(p.name, "programme"));
+      tr.append(cell(programmeName(p), "programme"));
       const now = cell("");
-      const badge = document.createElement("span");
+      const badge = I18n.put(document.createElement("span"),
+        p.eligible ? "table.eligible" : "table.not_now");
       badge.className = `badge ${p.eligible ? "yes" : "no"}`;
-      badge.textContent = p.eligible ? "Eligible" : "Not now";
       now.append(badge);
       tr.append(now);
-      tr.append(cell(p.eligible ? "" : REASONS[p.reason] || p.reason || "", "reason"));
-      tr.append(cell(p.eligible ? "now" : p.next_eligible_on || "\u2014", "next"));
+      // The eligibility answer carries a reason code only: an unknown one is shown as it is.
+      tr.append(cell(p.eligible || !p.reason ? "" : reasonOf(p.reason), "reason"));
+      let next = raw("\u2014");
+      if (p.eligible) next = "table.from_now";
+      else if (p.next_eligible_on) next = { date: p.next_eligible_on };
+      tr.append(cell(next, "next"));
       const action = cell("", "action");
       if (p.eligible) action.append(recordButton(p));
       tr.append(action);
@@ -207,20 +202,20 @@
   }
 
   function recordButton(programme) {
-    const button = document.createElement("button");
+    const button = I18n.put(document.createElement("button"), "record.button");
     button.type = "button";
     button.className = "record";
-    button.textContent = "Record exam given";
     button.addEventListener("click", () => {
-      const confirm = document.createElement("button");
+      const confirm = I18n.put(document.createElement("button"), "record.confirm");
       confirm.type = "button";
       confirm.className = "confirm";
-      confirm.textContent = "Confirm: exam given today";
-      const cancel = document.createElement("button");
+      const cancel = I18n.put(document.createElement("button"), "record.cancel");
       cancel.type = "button";
       cancel.className = "quiet cancel";
-      cancel.textContent = "Cancel";
-      cancel.addEventListener("click", () => button.parentElement.replaceChildren(button));
+      cancel.addEventListener("click", () => {
+        I18n.refresh(button); // the language may have changed while it was away
+        button.parentElement.replaceChildren(button);
+      });
       confirm.addEventListener("click", () => recordExam(programme));
       button.parentElement.replaceChildren(confirm, cancel);
       confirm.focus();
@@ -236,73 +231,76 @@
   function cardServiceDown() {
     setService(false);
     document.body.dataset.reader = "unknown";
-    setStatus("reader", null, "\u2014");
+    setStatus("reader", null, raw("\u2014"));
     setCard(false);
     state.ticket += 1;
     clearTable();
-    const where = state.cardsvc === DEFAULT_CARDSVC ? "" : ` (looked for it at ${state.cardsvc})`;
     showMessage(
       "error",
-      `The card service is not running on this computer${where}.`,
-      "This page connects by itself once it runs. Start it with:",
+      state.cardsvc === DEFAULT_CARDSVC
+        ? "msg.service_down"
+        : message("msg.service_down_at", { url: state.cardsvc }),
+      "msg.service_down.detail",
     );
     const command = document.createElement("code");
     command.className = "command";
     const port = new URL(state.cardsvc).port;
     command.textContent = `onecard cardsvc serve --allow-origin ${window.location.origin}` +
       (port && port !== new URL(DEFAULT_CARDSVC).port ? ` --port ${port}` : "");
-    const note = document.createElement("span");
+    const note = I18n.put(document.createElement("span"), "msg.service_down.origin");
     note.className = "detail";
-    note.textContent = "If it is running, it must allow this page's address (--allow-origin).";
     $("message").append(command, note);
   }
 
+  /** `detail`: what the card service said (its words), or a message. */
   function readerMissing(detail) {
     setReader(false);
     setCard(false);
     state.ticket += 1;
     clearTable();
-    showMessage("error", "No card reader is connected to this computer.",
-      "Plug in the desk reader; this page notices it by itself. If it is plugged in, call the " +
-        `technician.${detail ? ` (Technical detail: ${detail})` : ""}`);
+    const technical = detail && typeof detail === "string" ? raw(detail) : detail || null;
+    showMessage("error", "msg.no_reader", technical
+      ? message("msg.no_reader.technical", { detail: technical })
+      : "msg.no_reader.detail");
   }
 
   /** An error as words for the nurse; returns false when the page had to leave the desk. */
-  function explain(error, doing) {
+  /** An error as words for the nurse; returns false when the page had to leave the desk.
+   * `outcome`: the message that says what became of the nurse's action. */
+  function explain(error, outcome) {
     if (error instanceof Unreachable && error.where === "cardsvc") {
       cardServiceDown();
       scheduleReconnect();
     } else if (error instanceof Unreachable) {
-      showMessage("error", "The OneCard server cannot be reached.",
-        `Check the network connection, then press \u201cCheck again\u201d. ${doing}`);
+      showMessage("error", "msg.server_unreachable",
+        message("msg.server_unreachable.detail", { outcome }));
     } else if (error instanceof Problem && error.where === "cardsvc") {
       if (error.code === "no_card") {
-        showMessage("warn", "No card on the reader.", "Put the resident's card on the reader.");
+        showMessage("warn", "msg.no_card", "msg.no_card.detail");
       } else if (error.code === "card_removed") {
-        showMessage("warn", "The card was removed while it was being read.",
-          "Put it back on the reader.");
+        showMessage("warn", "msg.removed_while_reading", "msg.removed_while_reading.detail");
       } else if (error.code === "no_reader" || error.code === "pcscd_unavailable") {
         readerMissing(error.message);
       } else if (CARD_UNREADABLE.has(error.code)) {
-        setStatus("card", false, "refused");
-        showMessage("error", "Card refused: this is not a OneCard card, or it is damaged.",
-          "The card could not prove it is genuine. Do not serve with it.");
+        setStatus("card", false, "status.refused");
+        showMessage("error", "msg.card_unreadable", "msg.card_unreadable.detail");
       } else {
-        showMessage("error", "The card service could not read the card.", error.message);
+        showMessage("error", "msg.cardsvc_failed", raw(error.message));
       }
     } else if (error instanceof Problem && error.status === 401) {
-      signOut("Your sign-in is no longer valid. Sign in again.");
+      signOut("msg.session_expired");
       return false;
-    } else if (error instanceof Problem && CARD_REFUSED[error.code]) {
-      const [text, detail] = CARD_REFUSED[error.code];
-      if (error.code !== "counter_replayed") setStatus("card", false, "refused");
-      showMessage("error", text, detail);
+    } else if (error instanceof Problem && CARD_REFUSED.has(error.code)) {
+      if (error.code !== "counter_replayed") setStatus("card", false, "status.refused");
+      showMessage("error", { key: `refused.${error.code}`, fallback: error.message },
+        `refused.${error.code}.detail`);
     } else if (error instanceof Problem && error.code === "card_ca_not_configured") {
-      showMessage("error", "The server is not set up for cards yet.", "Call the technician.");
+      showMessage("error", "msg.ca_missing", "msg.ca_missing.detail");
     } else if (error instanceof Problem) {
-      showMessage("error", "The server refused the request.", error.message);
+      showMessage("error", "msg.server_refused",
+        { key: `problem.${error.code}`, fallback: error.message });
     } else {
-      showMessage("error", "Something went wrong on this page.", String(error));
+      showMessage("error", "msg.page_failed", raw(String(error)));
     }
     return true;
   }
@@ -313,7 +311,7 @@
     if (!state.cardPresent) return;
     const ticket = ++state.ticket;
     disableActions();
-    if (!after) showMessage("info", "Reading the card\u2026");
+    if (!after) showMessage("info", "msg.reading");
     try {
       const proof = await tapProof();
       const answer = await server("/staff/v1/exams/eligibility", {
@@ -327,17 +325,17 @@
       } else {
         const open = answer.programmes.filter((p) => p.eligible).length;
         if (open > 0) {
-          showMessage("ok", `Card accepted. ${open} free exam${open === 1 ? "" : "s"} available now.`,
-            "Give the exam, then press \u201cRecord exam given\u201d.");
+          showMessage("ok",
+            open === 1 ? "msg.accepted_one" : message("msg.accepted_many", { count: open }),
+            "msg.accepted.detail");
         } else {
-          showMessage("warn", "Card accepted. Not eligible for any free exam today.",
-            "The table says why, and from when.");
+          showMessage("warn", "msg.accepted_none", "msg.accepted_none.detail");
         }
       }
     } catch (error) {
       if (ticket !== state.ticket) return;
       clearTable();
-      explain(error, "Nothing was recorded.");
+      explain(error, "msg.nothing_recorded");
     } finally {
       if (ticket === state.ticket) $("recheck").disabled = false;
     }
@@ -347,7 +345,7 @@
     if (!state.cardPresent) return;
     const ticket = ++state.ticket;
     disableActions();
-    showMessage("info", `Recording: ${programme.name}\u2026`);
+    showMessage("info", message("msg.recording", { programme: programmeName(programme) }));
     let request;
     try {
       const proof = await tapProof();
@@ -359,31 +357,32 @@
     } catch (error) {
       if (ticket !== state.ticket) return;
       clearTable();
-      if (explain(error, "Nothing was recorded.")) $("recheck").disabled = false;
+      if (explain(error, "msg.nothing_recorded")) $("recheck").disabled = false;
       return;
     }
     for (let attempt = 0; ; attempt += 1) {
       try {
         const answer = await server("/staff/v1/exams/records", request);
         if (ticket !== state.ticket) return;
-        await checkEligibility(["ok", `Recorded: ${programme.name}, given ${answer.given_on}.`,
-          "Only that the exam was given is recorded \u2014 never its results."]);
+        await checkEligibility(["ok", message("msg.recorded",
+          { programme: programmeName(programme), date: { date: answer.given_on } }),
+        "msg.recorded.detail"]);
         return;
       } catch (error) {
         if (ticket !== state.ticket) return;
         if (error instanceof Unreachable && attempt < RECORD_RETRIES.length) {
-          showMessage("warn", "The server does not answer; trying again\u2026");
+          showMessage("warn", "msg.retrying");
           await new Promise((resolve) => setTimeout(resolve, RECORD_RETRIES[attempt]));
           if (ticket !== state.ticket) return;
           continue;
         }
         if (error instanceof Problem && error.code === "not_eligible") {
-          const reason = REASONS[error.body.reason] || error.body.reason || "";
-          await checkEligibility(["warn", `Not recorded: not eligible for ${programme.name} now.`,
-            reason]);
+          await checkEligibility(["warn",
+            message("msg.not_recorded", { programme: programmeName(programme) }),
+            reasonOf(error.body.reason, error.message)]);
         } else {
           clearTable(); // what the table said may be out of date now: check again
-          if (explain(error, "The exam may not have been recorded.")) {
+          if (explain(error, "msg.maybe_not_recorded")) {
             $("recheck").disabled = false;
           }
         }
@@ -427,7 +426,7 @@
     if (found) {
       setReader(true, found);
     } else {
-      readerMissing(wanted ? `The reader \u201c${wanted}\u201d is not connected.` : "");
+      readerMissing(wanted ? message("msg.reader_not_connected", { reader: wanted }) : null);
     }
     const events = new EventSource(`${state.cardsvc}/v1/events`);
     state.events = events;
@@ -445,11 +444,9 @@
       state.ticket += 1;
       clearTable();
       if (hadCard && !data.initial) {
-        showMessage("info", "Card removed. The screen was cleared.",
-          "Put the next resident's card on the reader.");
+        showMessage("info", "msg.card_removed", "msg.card_removed.detail");
       } else if (document.body.dataset.reader === "ok") {
-        showMessage("info", "Put the resident's card on the reader.",
-          "The free exams the card holder may have now will show here.");
+        showMessage("info", "msg.put_card", "msg.put_card.detail");
       }
     });
     events.addEventListener("reader_unavailable", (event) => {
@@ -465,17 +462,18 @@
 
   // --- signing in ---------------------------------------------------------------------------
 
-  function showSignin(message) {
+  function showSignin(said) {
     document.body.dataset.view = "signin";
     $("desk").hidden = true;
     $("who").hidden = true;
     $("signin").hidden = false;
     const box = $("signin-message");
-    box.hidden = !message;
-    box.textContent = message || "";
+    box.hidden = !said;
+    I18n.put(box, said || raw(""));
   }
 
-  function signOut(message) {
+  /** `said`: a message for the sign-in form, or nothing. */
+  function signOut(said) {
     sessionStorage.removeItem(STORE.token);
     state.token = null;
     clearTimeout(state.retryTimer);
@@ -485,7 +483,7 @@
     clearTable();
     $("station-form").hidden = true;
     $("token").value = "";
-    showSignin(message);
+    showSignin(said);
   }
 
   function openDesk(station, me) {
@@ -495,9 +493,9 @@
     $("signin").hidden = true;
     $("desk").hidden = false;
     $("who").hidden = false;
-    $("who-station").textContent = `Station ${station}`;
-    $("who-user").textContent = `Signed in: ${me.name}`;
-    showMessage("info", "Connecting to the card service\u2026");
+    I18n.put($("who-station"), message("who.station", { station }));
+    I18n.put($("who-user"), message("who.user", { name: me.name }));
+    showMessage("info", "msg.connecting");
     connectCardService();
   }
 
@@ -510,19 +508,19 @@
       state.token = null;
       sessionStorage.removeItem(STORE.token);
       if (error instanceof Unreachable) {
-        showSignin("The OneCard server cannot be reached. Check the network and try again.");
+        showSignin("signin.unreachable");
       } else if (error.status === 401) {
-        showSignin("That token is not valid. Check it and try again.");
+        showSignin("signin.token_invalid");
       } else if (error.code === "role_required") {
-        showSignin("This page is for station staff; this token belongs to another role.");
+        showSignin("signin.role_required");
       } else {
-        showSignin(`Sign-in failed: ${error.message}`);
+        showSignin(message("signin.failed", { detail: raw(error.message) }));
       }
       return;
     }
     sessionStorage.setItem(STORE.token, token);
     if (me.stations.length === 0) {
-      showSignin("No service station is registered in your area. Ask an administrator.");
+      showSignin("signin.no_station");
       return;
     }
     if (me.stations.includes(state.station)) {
@@ -557,7 +555,7 @@
       $("token").value = "";
       if (token) signIn(token);
     });
-    $("sign-out").addEventListener("click", () => signOut("Signed out."));
+    $("sign-out").addEventListener("click", () => signOut("signin.signed_out"));
     $("recheck").addEventListener("click", () => checkEligibility());
     window.addEventListener("pagehide", closeEvents);
     if (state.token) {
