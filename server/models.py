@@ -132,6 +132,17 @@ class Resident(Base):
 
 class Card(Base):
     __tablename__ = "cards"
+    __table_args__ = (
+        # The cards that left `active` (revoked or replaced): the revocation list's journal is
+        # brought up to date from them on every configuration and heartbeat, without a scan of
+        # every card in the city.
+        Index(
+            "ix_cards_not_active",
+            "guid",
+            postgresql_where=text("status <> 'active'"),
+            sqlite_where=text("status <> 'active'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     guid: Mapped[str] = mapped_column(String(32), unique=True)  # 32 lower-case hex
