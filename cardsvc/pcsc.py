@@ -6,7 +6,12 @@ inside a PC/SC transaction, so two processes never interleave commands on one ca
 
 PC/SC result codes become the package's errors: pcscd gone → `PcscdUnavailableError` (and the
 next call establishes a new context, so a reader object survives a pcscd restart); no reader →
-`NoReaderError`; card gone or reset mid-command → `CardRemovedError`.
+`NoReaderError`; card gone or reset mid-command → `CardRemovedError`. pcsc-lite answers a
+SCardGetStatusChange or SCardListReaders that pcscd dies under with SCARD_F_COMM_ERROR (its
+socket to pcscd broke) and sometimes a waiting SCardGetStatusChange with
+SCARD_W_SECURITY_VIOLATION (pcsc-lite 1.9.9: once in six restarts here; polkit is not asked on
+that call): on the context both are pcscd gone, not a card; under SCardTransmit a broken
+socket stays `CardRemovedError`, the command's fate being unknown.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ _NO_SERVICE = {
     scard.SCARD_E_SERVICE_STOPPED,
     scard.SCARD_E_INVALID_HANDLE,
 }
+# On a context call (not a card command), a broken socket to pcscd: pcscd stopped under it.
+_SERVICE_LOST = _NO_SERVICE | {scard.SCARD_F_COMM_ERROR}
+# What a waiting SCardGetStatusChange may get instead when pcscd stops (see the docstring).
+_WAIT_SERVICE_LOST = _SERVICE_LOST | {scard.SCARD_W_SECURITY_VIOLATION}
 _REMOVED = {
     scard.SCARD_W_REMOVED_CARD,
     scard.SCARD_E_NO_SMARTCARD,
@@ -98,9 +107,11 @@ class _Context:
                 return list(readers)
             if hresult == scard.SCARD_E_NO_READERS_AVAILABLE:
                 return []
-            if hresult in _NO_SERVICE and attempt == 0:
-                self.invalidate()  # pcscd restarted since: one fresh context
-                continue
+            if hresult in _SERVICE_LOST:
+                self.invalidate()
+                if attempt == 0:
+                    continue  # pcscd restarted since: one fresh context
+                raise PcscdUnavailableError(_message(hresult))
             _raise_for(hresult)
         return []  # pragma: no cover
 
@@ -212,6 +223,8 @@ class PcscReader:
                     (PNP_NOTIFICATION, known.get(PNP_NOTIFICATION, scard.SCARD_STATE_UNAWARE))
                 )
                 hresult, states = scard.SCardGetStatusChange(self._context.get(), 0, request)
+                if hresult in _SERVICE_LOST:
+                    raise PcscdUnavailableError(_message(hresult))
                 if hresult not in (scard.SCARD_S_SUCCESS, scard.SCARD_E_TIMEOUT):
                     _raise_for(hresult)
                 if hresult == scard.SCARD_S_SUCCESS:
@@ -235,9 +248,8 @@ class PcscReader:
                     remaining_ms = min(_MAX_WAIT_MS, max(1, int(remaining * 1000)))
                 request = [(name, state) for name, state in known.items()]
                 hresult, _ = scard.SCardGetStatusChange(self._context.get(), remaining_ms, request)
-                if hresult in _NO_SERVICE:
-                    self._context.invalidate()
-                    _raise_for(hresult)
+                if hresult in _WAIT_SERVICE_LOST:
+                    raise PcscdUnavailableError(_message(hresult))
                 if hresult == scard.SCARD_S_SUCCESS:
                     known = {}  # something changed: look again from scratch
                 elif hresult not in (scard.SCARD_E_TIMEOUT, scard.SCARD_E_UNKNOWN_READER):
@@ -245,6 +257,15 @@ class PcscReader:
             except PcscdUnavailableError:
                 self._context.invalidate()
                 raise
+
+    def probe(self) -> str:
+        """The reader asked for, once pcscd answers and has it (a fresh context after a
+        restart); raises `PcscdUnavailableError` or `NoReaderError` until then."""
+        try:
+            return self._candidates()[0]
+        except PcscdUnavailableError:
+            self._context.invalidate()
+            raise
 
     def wait_for_card(self, timeout: float | None = 5.0) -> PcscConnection | None:
         """A connection to the next card present (one already present counts), or None."""

@@ -1,10 +1,14 @@
 """`onecard kiosk`: the kiosk's main loop and its command line.
 
 Waits for a card on the reader, serves the tap (kiosk.tap), reports the outcome, and waits for
-the card to leave before the next one. Open transactions left by a crash or an outage are
-settled at start and then once a minute; offline taps are synced then too (kiosk.offline).
-A background thread (kiosk.telemetry.Chores) refreshes the signed configuration
-(kiosk.config_sync), sends the heartbeat and syncs offline taps, so none of them holds up a tap.
+the card to leave before the next one. When pcscd goes away (restarted, upgraded, crashed) the
+loop says "card reader service lost; waiting for it", tries again every second with a new PC/SC
+context, says "card reader service back" and carries on where it was (a card that was being
+waited out is still waited out, so one presence is never served twice). Open transactions left
+by a crash or an outage are settled at start and then once a minute; offline taps are synced
+then too (kiosk.offline). A background thread (kiosk.telemetry.Chores) refreshes the signed
+configuration (kiosk.config_sync), sends the heartbeat and syncs offline taps, so none of them
+holds up a tap.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from cardsvc.errors import CardError
+from cardsvc.errors import CardError, NoReaderError, PcscdUnavailableError
 from cardsvc.pcsc import PcscReader
 from kiosk.board import open_board
 from kiosk.client import ServerClient
@@ -33,6 +37,7 @@ from kiosk.tap import Kiosk, TapResult
 from kiosk.telemetry import CONFIG_EVERY_S, HEARTBEAT_EVERY_S, Chore, Chores, Heartbeat
 
 RECOVER_EVERY_S = 60.0
+READER_SERVICE_RETRY_S = 1.0
 OFFLINE_SYNC_EVERY_S = 30.0
 
 
@@ -118,18 +123,34 @@ def run(
         serve(kiosk, PcscReader(config.reader), config.slot, stop, report)
 
 
+def _say(text: str) -> None:
+    print(f"kiosk: {text}", flush=True)
+
+
 def serve(
     kiosk: Kiosk,
     reader: PcscReader,
     slot: int,
     stop: threading.Event,
     report: Callable[[TapResult], None],
+    say: Callable[[str], None] = _say,
 ) -> None:
-    """The reader loop: one tap per card presence; recovery at start and when idle."""
+    """The reader loop: one tap per card presence; recovery at start and when idle; a lost
+    pcscd waited for (`say` tells the operator) without losing the place in the loop."""
     kiosk.recover()
     last_recovery = time.monotonic()
+    card_served = False  # True from a tap until its card has left the reader
     while not stop.is_set():
-        connection = reader.wait_for_card(timeout=0.5)
+        try:
+            if card_served:
+                card_served = not reader.wait_for_removal(timeout=0.5)
+                if not card_served:
+                    say("card left; waiting for the next card")
+                continue
+            connection = reader.wait_for_card(timeout=0.5)
+        except PcscdUnavailableError as exc:
+            _wait_for_reader_service(reader, stop, say, exc)
+            continue
         if connection is None:
             if time.monotonic() - last_recovery > RECOVER_EVERY_S:
                 kiosk.recover()
@@ -137,8 +158,24 @@ def serve(
             continue
         with connection:
             report(kiosk.serve_card(connection, slot))
-        while not stop.is_set() and not reader.wait_for_removal(timeout=0.5):
-            pass
+        card_served = True
+
+
+def _wait_for_reader_service(
+    reader: PcscReader,
+    stop: threading.Event,
+    say: Callable[[str], None],
+    lost: PcscdUnavailableError,
+) -> None:
+    """Until pcscd answers again with our reader (or `stop`): no tap can be served meanwhile."""
+    say(f"card reader service lost; waiting for it ({lost.detail or lost})")
+    while not stop.wait(READER_SERVICE_RETRY_S):
+        try:
+            name = reader.probe()
+        except (PcscdUnavailableError, NoReaderError):
+            continue  # pcscd not up yet, or up without its readers loaded yet
+        say(f"card reader service back (reader {name})")
+        return
 
 
 def _read_certificate(path: Path) -> bytes:
