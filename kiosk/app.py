@@ -32,7 +32,7 @@ from kiosk.config_sync import ConfigSync
 from kiosk.identity import load_or_create_device_key, public_key_b64
 from kiosk.journal import Journal
 from kiosk.offline import OfflineMode
-from kiosk.revocation import open_revocation_list
+from kiosk.revocation import RevocationList, SignedGetter, open_revocation_list
 from kiosk.tap import Kiosk, TapResult
 from kiosk.telemetry import CONFIG_EVERY_S, HEARTBEAT_EVERY_S, Chore, Chores, Heartbeat
 
@@ -119,8 +119,24 @@ def run(
                 ]
             )
         )
-        heartbeat.on_revocation_version = lambda _version: chores.soon("config")
+        heartbeat.on_revocation_version = revocation_news(chores, revocations, server)
         serve(kiosk, PcscReader(config.reader), config.slot, stop, report)
+
+
+def revocation_news(
+    chores: Chores, revocations: RevocationList | None, server: SignedGetter
+) -> Callable[[str], None]:
+    """What the kiosk does when a heartbeat's answer names a revocation version its
+    configuration does not: fetch the list's new entries at once (a card revoked a moment ago is
+    refused here within one heartbeat, not at the list's next round), and the configuration that
+    names the new version at the chores' next turn. Runs on the chores' thread."""
+
+    def news(version: str) -> None:
+        if revocations is not None and version.isdigit() and int(version) > revocations.version:
+            revocations.refresh(server)
+        chores.soon("config")
+
+    return news
 
 
 def _say(text: str) -> None:

@@ -258,3 +258,34 @@ def test_revocations_need_a_signed_kiosk_request(world: ServerWorld) -> None:
     w = world
     assert w.client.get("/api/v1/revocations?since=0").status_code == 401
     assert signed_get(w, "/api/v1/revocations?since=x").status_code == 400
+
+
+def test_a_heartbeat_naming_a_new_revocation_fetches_the_list_at_once(
+    world: ServerWorld, tmp_path: Path
+) -> None:
+    """kiosk.app wires the heartbeat's answer to the revocation list: a card revoked a moment
+    ago is in the kiosk's list right after the next heartbeat, not after the list's own round."""
+    from kiosk.app import revocation_news
+
+    w = world
+    server = WorldAsKioskServer(w)
+    kiosk_list = RevocationList(tmp_path / "kiosk", server_key(w))
+    assert kiosk_list.refresh(server) and kiosk_list.version == 0
+    guid = guid_from_certificate(load_certificate(w.card.certificate_der))
+    revoked = w.client.post(
+        f"/api/v1/cards/{guid.hex()}/revoke", json={"reason": "lost"}, headers=staff(w)
+    )
+    assert revoked.status_code == 200
+    asked: list[str] = []
+
+    class Chores:
+        def soon(self, name: str) -> None:
+            asked.append(name)
+
+    news = revocation_news(Chores(), kiosk_list, server)  # type: ignore[arg-type]
+    version = w.post("/api/v1/telemetry", {"stock": {"1": 5}}).get_json()["revocation_version"]
+    news(version)
+    assert kiosk_list.version == 1 and guid in kiosk_list.revoked()
+    assert asked == ["config"]
+    news(version)  # the same news again: nothing new to fetch, the list is kept
+    assert kiosk_list.version == 1 and asked == ["config", "config"]
