@@ -56,7 +56,7 @@ def signed_config(
             },
         ],
         "offline": {"units_per_card_per_day": units_per_day, "max_offline_hours": max_hours},
-        "revocation": {"version": "v1", "revoked_card_guids": []},
+        "revocation": {"version": 1},
     }
     signature = SERVER_KEY.sign(canonical_json(body))
     return {**body, "signature": base64.b64encode(signature).decode()}
