@@ -33,7 +33,7 @@ class FakeBoard:
 
 
 class FakeServer:
-    def __init__(self, version: str = "v1") -> None:
+    def __init__(self, version: str = "1") -> None:
         self.sent: list[tuple[dict[str, Any], str]] = []
         self.version = version
 
@@ -99,7 +99,7 @@ def test_send_posts_the_kiosk_state_with_a_fresh_key_each_time(tmp_path: Path) -
     assert key1 != key2
     assert "door" in kinds(first) and "door" not in kinds(second)
     state = kinds(first)["board"]["kiosk"]
-    assert state["offline_queued"] == 0 and state["revocation_version"] == "v1"
+    assert state["offline_queued"] == 0 and state["revocation_version"] == "1"
     assert state["last_contact"] == 123.0
 
 
@@ -117,7 +117,7 @@ def test_a_heartbeat_keeps_off_the_board_while_a_card_is_served(tmp_path: Path) 
     assert server.sent == []
 
 
-@pytest.mark.parametrize(("server_version", "refreshed"), [("v1", []), ("v2", ["v2"])])
+@pytest.mark.parametrize(("server_version", "refreshed"), [("1", []), ("2", ["2"])])
 def test_a_new_revocation_version_asks_for_the_config_at_once(
     tmp_path: Path, server_version: str, refreshed: list[str]
 ) -> None:
