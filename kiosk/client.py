@@ -166,7 +166,7 @@ class ServerClient:
         status = response.status_code
         if status in GATEWAY_STATUSES and not _is_server_problem(response):
             raise ServerUnavailableError(
-                f"the server's gateway answered {status} {_phrase(status)}", status=status
+                f"the server's gateway answered {status} {HTTPStatus(status).phrase}", status=status
             )
         if status < 500:  # only then surely the server's own answer: it was reachable
             self.last_contact = time.time()
@@ -191,13 +191,6 @@ def _is_server_problem(response: requests.Response) -> bool:
     except ValueError:
         return False
     return isinstance(doc, dict) and isinstance(doc.get("code"), str) and bool(doc["code"])
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 def _json_or_problem(response: requests.Response) -> dict[str, Any]:

@@ -201,28 +201,28 @@ def _usage_from_rows(rows: Iterable[tuple[str, dt.date, int]]) -> UsageByCategor
 # --- Core statements (also used by server.services beyond the hot path) ------------------------
 
 
-def _table(model: type[Any]) -> Table:
+def table_of(model: type[Any]) -> Table:
     """A mapped class's table, for Core statements (typed: `__table__` is a FromClause)."""
     return cast(Table, model.__table__)
 
 
-_KIOSKS = _table(Kiosk).c
+_KIOSKS = table_of(Kiosk).c
 _DEVICE_BY_ID = select(_KIOSKS.id, _KIOSKS.enabled, _KIOSKS.public_key, _KIOSKS.kind).where(
     _KIOSKS.id == bindparam("b_device")
 )
-_SPEND_NONCE = sqlite_insert(_table(SeenNonce)).on_conflict_do_nothing()
-_CARDS = _table(Card).c
+_SPEND_NONCE = sqlite_insert(table_of(SeenNonce)).on_conflict_do_nothing()
+_CARDS = table_of(Card).c
 CARD_BY_GUID = select(_CARDS.id, _CARDS.resident_id, _CARDS.status, _CARDS.certificate).where(
     _CARDS.guid == bindparam("b_guid")
 )
 ADVANCE_COUNTER = (
-    update(_table(Kiosk))
+    update(table_of(Kiosk))
     .where(_KIOSKS.id == bindparam("b_device"), _KIOSKS.last_counter < bindparam("b_counter"))
     .values(last_counter=bindparam("b_counter"))
 )
-_SLOTS = _table(KioskSlot).c
-_PRODUCTS = _table(Product).c
-_CATEGORIES = _table(Category).c
+_SLOTS = table_of(KioskSlot).c
+_PRODUCTS = table_of(Product).c
+_CATEGORIES = table_of(Category).c
 _SLOT_PRODUCT = (
     select(
         _PRODUCTS.id,
@@ -232,22 +232,22 @@ _SLOT_PRODUCT = (
         _PRODUCTS.category_id,
         _CATEGORIES.code,
     )
-    .select_from(_table(KioskSlot))
-    .join(_table(Product), _PRODUCTS.id == _SLOTS.product_id)
-    .join(_table(Category), _CATEGORIES.id == _PRODUCTS.category_id)
+    .select_from(table_of(KioskSlot))
+    .join(table_of(Product), _PRODUCTS.id == _SLOTS.product_id)
+    .join(table_of(Category), _CATEGORIES.id == _PRODUCTS.category_id)
     .where(_SLOTS.kiosk_id == bindparam("b_kiosk"), _SLOTS.slot == bindparam("b_slot"))
 )
-_RESIDENTS = _table(Resident).c
+_RESIDENTS = table_of(Resident).c
 # SQLite ignores FOR UPDATE: it holds the database write lock since BEGIN IMMEDIATE instead.
 _LOCK_HOLDER = (
     select(_RESIDENTS.birth_date_enc, _RESIDENTS.sex_enc, _RESIDENTS.status)
     .where(_RESIDENTS.id == bindparam("b_resident"))
     .with_for_update()
 )
-_USAGE = _table(Usage)
+_USAGE = table_of(Usage)
 _USAGE_SINCE = (
     select(_CATEGORIES.code, _USAGE.c.day, _USAGE.c.reserved + _USAGE.c.captured)
-    .join(_table(Category), _USAGE.c.category_id == _CATEGORIES.id)
+    .join(table_of(Category), _USAGE.c.category_id == _CATEGORIES.id)
     .where(_USAGE.c.resident_id == bindparam("b_resident"), _USAGE.c.day >= bindparam("b_since"))
 )
 _BUMP_USAGE = (
@@ -263,13 +263,13 @@ _BUMP_USAGE = (
     )
 )
 _INSERT_USAGE = insert(_USAGE)
-_INSERT_AUTHORIZATION = insert(_table(Authorization))
-_AUTHORIZATIONS = _table(Authorization).c
+_INSERT_AUTHORIZATION = insert(table_of(Authorization))
+_AUTHORIZATIONS = table_of(Authorization).c
 
 
 def _settle_statement(to: AuthorizationStatus, **values: Any) -> Any:
     return (
-        update(_table(Authorization))
+        update(table_of(Authorization))
         .where(
             _AUTHORIZATIONS.id == bindparam("b_id"),
             _AUTHORIZATIONS.kiosk_id == bindparam("b_kiosk"),
@@ -299,7 +299,7 @@ _SETTLED = select(
     _AUTHORIZATIONS.kiosk_id, _AUTHORIZATIONS.status, _AUTHORIZATIONS.resident_id
 ).where(_AUTHORIZATIONS.id == bindparam("b_id"))
 _TAKE_STOCK = (
-    update(_table(KioskSlot))
+    update(table_of(KioskSlot))
     .where(
         _SLOTS.kiosk_id == bindparam("b_kiosk"),
         _SLOTS.slot == bindparam("b_slot"),
@@ -307,7 +307,7 @@ _TAKE_STOCK = (
     )
     .values(stock=_SLOTS.stock - bindparam("b_quantity"))
 )
-_INSERT_ANSWER = insert(_table(IdempotencyRecord))
+_INSERT_ANSWER = insert(table_of(IdempotencyRecord))
 
 
 def read_usage(connection: Connection, resident_id: int, since: dt.date) -> UsageByCategory:

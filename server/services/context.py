@@ -7,11 +7,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Table
 
 from server import ledger
 from server.fieldcrypto import FieldCipher
@@ -56,11 +55,7 @@ class Context:
         return (moment or self.now()).astimezone(self.timezone).date()
 
 
-def _table(model: type[Any]) -> Table:
-    """A mapped class's table, for Core statements (typed: `__table__` is a FromClause)."""
-    return cast(Table, model.__table__)
-
-
+_table = ledger.table_of
 _connection = ledger.core_connection
 
 
