@@ -10,7 +10,9 @@ A card certificate (for the card-authentication key, PIV slot 9E) carries only:
   and, for people reading it, as the subject CN (the same UUID string);
 - its validity; and its issuer (the city card CA).
 No name, no ID number, no health data. Extensions: basicConstraints CA:FALSE, keyUsage
-digitalSignature, extendedKeyUsage id-PIV-cardAuth (2.16.840.1.101.3.6.8), the key identifiers.
+digitalSignature, extendedKeyUsage id-PIV-cardAuth (2.16.840.1.101.3.6.8), the key identifiers;
+and for a staff card (`issue(..., role=CardRole.STAFF)`) certificatePolicies with
+`cardsvc.verify.STAFF_CARD_POLICY`, which tells a staff card from a resident's (verify.card_role).
 
 The CA also signs CHUIDs: a detached CMS SignedData over the CHUID's objects before tag 3E.
 """
@@ -28,6 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+from .verify import STAFF_CARD_POLICY, CardRole
 
 KEY_FILE = "ca-key.pem"
 CERT_FILE = "ca-cert.pem"
@@ -143,8 +147,10 @@ class CardCA:
         not_after: datetime,
         *,
         not_before: datetime | None = None,
+        role: CardRole = CardRole.RESIDENT,
     ) -> bytes:
-        """A card certificate (DER) for a card's 9E public key and its 16-byte GUID."""
+        """A card certificate (DER) for a card's 9E public key and its 16-byte GUID; a staff
+        card's carries the staff certificate policy."""
         if len(guid) != 16:
             raise ValueError("a card GUID has 16 bytes")
         card_uuid = str(uuid.UUID(bytes=guid))
@@ -186,6 +192,11 @@ class CardCA:
                 critical=False,
             )
         )
+        if role is CardRole.STAFF:
+            builder = builder.add_extension(
+                x509.CertificatePolicies([x509.PolicyInformation(STAFF_CARD_POLICY, None)]),
+                critical=False,
+            )
         return builder.sign(self.private_key, hashes.SHA256()).public_bytes(
             serialization.Encoding.DER
         )

@@ -12,6 +12,14 @@ SHA-256 of its bytes with its card-authentication key (PIV slot 9E, ECDSA P-256)
    revoked and is the GUID the challenge was made for;
 5. the signature over the challenge verifies with the certificate's public key.
 
+The card's role (`card_role`, `VerifiedCard.role`): a staff card's certificate carries the
+certificate policy `STAFF_CARD_POLICY` (set by `cardsvc.ca.CardCA.issue(..., role=STAFF)`); a
+resident's card carries no OneCard policy. The policy is an X.667 UUID OID (2.25.<uuid>), which
+needs no registration. The role is read only from a certificate that passed steps 1-4, so it is
+as trustworthy as the city card CA; a kiosk enters maintenance only for a STAFF card, and the
+server never takes a staff card for a resident's (it is not in its register of residents' cards).
+A staff card's PIN is checked by the card itself (VERIFY), never by the kiosk.
+
 A clone (every readable object copied to another card, but not the private key) fails at 5.
 The challenge layout and its JSON form are fixed in docs/interfaces.md.
 
@@ -28,6 +36,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from cryptography import x509
@@ -42,6 +51,28 @@ TAP_DOMAIN = b"ONECARD-TAP-v1"
 GUID_LENGTH = 16
 NONCE_LENGTH = 16
 _U64 = 1 << 64
+
+STAFF_CARD_POLICY = x509.ObjectIdentifier("2.25.176198129014152726890687880169752508991")
+"""Certificate policy of a OneCard staff card (technicians, station staff)."""
+
+
+class CardRole(StrEnum):
+    """Whose card a certificate is: a resident's (no OneCard policy) or staff's."""
+
+    RESIDENT = "resident"
+    STAFF = "staff"
+
+
+def card_role(certificate: x509.Certificate) -> CardRole:
+    """STAFF when the certificate carries STAFF_CARD_POLICY, else RESIDENT. Call it only on a
+    certificate that verified (`verify_certificate`): the role is the CA's word."""
+    try:
+        policies = certificate.extensions.get_extension_for_class(x509.CertificatePolicies).value
+    except x509.ExtensionNotFound:
+        return CardRole.RESIDENT
+    if any(p.policy_identifier == STAFF_CARD_POLICY for p in policies):
+        return CardRole.STAFF
+    return CardRole.RESIDENT
 
 
 @dataclass(frozen=True)
@@ -132,6 +163,10 @@ class VerifiedCard:
     guid: bytes
     not_after: datetime
     certificate: x509.Certificate
+
+    @property
+    def role(self) -> CardRole:
+        return card_role(self.certificate)
 
     @property
     def public_key_der(self) -> bytes:
