@@ -9,11 +9,18 @@ by a crash or an outage are settled at start and then once a minute; offline tap
 then too (kiosk.offline). A background thread (kiosk.telemetry.Chores) refreshes the signed
 configuration (kiosk.config_sync), sends the heartbeat and syncs offline taps, so none of them
 holds up a tap.
+
+The command line: every option has an environment variable (listed in `onecard kiosk run
+--help`), so a systemd unit's EnvironmentFile configures a kiosk. Exit status: 0 stopped, 2 the
+configuration is wrong (an option, a variable, the CA file), 3 a device is missing (the board,
+the card reader). Log lines go to standard output with their time and level (journald keeps
+them); each tap's outcome is printed as the operator's lines (`format_result`).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -26,9 +33,10 @@ from pathlib import Path
 
 from cardsvc.errors import CardError, NoReaderError, PcscdUnavailableError
 from cardsvc.pcsc import PcscReader
-from kiosk.board import open_board
+from kiosk.board import BoardError, open_board
 from kiosk.client import ServerClient
 from kiosk.config_sync import ConfigSync
+from kiosk.errors import KioskError
 from kiosk.identity import load_or_create_device_key, public_key_b64
 from kiosk.journal import Journal
 from kiosk.offline import OfflineMode
@@ -39,6 +47,15 @@ from kiosk.telemetry import CONFIG_EVERY_S, HEARTBEAT_EVERY_S, Chore, Chores, He
 RECOVER_EVERY_S = 60.0
 READER_SERVICE_RETRY_S = 1.0
 OFFLINE_SYNC_EVERY_S = 30.0
+EXIT_CONFIGURATION = 2
+EXIT_DEVICE = 3
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+log = logging.getLogger(__name__)
+
+
+class KioskConfigError(KioskError):
+    """A setting of the kiosk cannot be used; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,7 @@ class KioskConfig:
     reader: str | None = None
     slot: int = 1
     server_key: str | None = None  # base64 Ed25519; None: the pinned one, or pin on first use
+    server_ca: Path | None = None  # the CA that signed the server's TLS certificate
     heartbeat_every_s: float = HEARTBEAT_EVERY_S
     config_every_s: float = CONFIG_EVERY_S
 
@@ -86,7 +104,9 @@ def run(
     with ExitStack() as stack:
         journal = stack.enter_context(Journal(config.data_dir / "journal.sqlite3"))
         board = stack.enter_context(closing(open_board(config.board_device, config.board_protocol)))
-        server = stack.enter_context(ServerClient(config.server_url, config.kiosk_id, key))
+        server = stack.enter_context(
+            ServerClient(config.server_url, config.kiosk_id, key, server_ca=config.server_ca)
+        )
         signed = ConfigSync(server, config.data_dir, config.kiosk_id, server_key=config.server_key)
         signed.pin_on_first_use()
         revocations = open_revocation_list(config.data_dir)
@@ -195,28 +215,109 @@ def _wait_for_reader_service(
 
 
 def _read_certificate(path: Path) -> bytes:
+    """The city card CA certificate as DER; KioskConfigError names the file when it cannot be."""
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    data = Path(path).read_bytes()
-    if data.lstrip().startswith(b"-----BEGIN"):
-        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
-    return data
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise KioskConfigError(f"--ca-cert: cannot read {path}: {exc.strerror}") from None
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+        return x509.load_der_x509_certificate(data).public_bytes(Encoding.DER)
+    except ValueError:
+        raise KioskConfigError(f"--ca-cert: {path} is not a certificate") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def check_files(config: KioskConfig) -> None:
+    """The certificate files the kiosk needs can be read (KioskConfigError names the one that
+    cannot), so a wrong path stops the kiosk at start with one line."""
+    _read_certificate(config.ca_certificate)
+    if config.server_ca is not None and not Path(config.server_ca).is_file():
+        raise KioskConfigError(f"--server-ca: {config.server_ca} does not exist")
+
+
+RUN_ENVIRONMENT = """environment (each sets the option's default):
+  ONECARD_KIOSK_ID           --kiosk-id (required: no default)
+  ONECARD_SERVER_URL         --server
+  ONECARD_SERVER_CA          --server-ca
+  ONECARD_KIOSK_DIR          --data-dir
+  ONECARD_BOARD_DEVICE       --board
+  ONECARD_BOARD_PROTOCOL     --board-protocol
+  ONECARD_CARD_CA_CERT       --ca-cert
+  ONECARD_READER             --reader
+  ONECARD_SLOT               --slot
+  ONECARD_SERVER_PUBLIC_KEY  --server-key
+  ONECARD_HEARTBEAT_EVERY_S  --heartbeat-every
+  ONECARD_LOG_LEVEL          log level (DEBUG, INFO, WARNING; default INFO)
+
+exit status: 0 stopped, 2 configuration error, 3 a device (board, card reader) is missing"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
     parser = argparse.ArgumentParser(prog="onecard kiosk", description="The kiosk software.")
     sub = parser.add_subparsers(dest="command", required=True)
-    env = os.environ.get
-    run_p = sub.add_parser("run", help="wait for cards and serve them")
-    run_p.add_argument("--kiosk-id", default=env("ONECARD_KIOSK_ID", "K-0001"))
-    run_p.add_argument("--server", default=env("ONECARD_SERVER_URL", "http://127.0.0.1:8080"))
-    run_p.add_argument("--data-dir", type=Path, default=Path(env("ONECARD_KIOSK_DIR", "var/kiosk")))
-    run_p.add_argument("--board", required=True, help="serial device of the controller board")
-    run_p.add_argument("--board-protocol", default="onecard-v1")
-    run_p.add_argument("--ca-cert", type=Path, required=True, help="the city card CA certificate")
-    run_p.add_argument("--reader", default=None, help="PC/SC reader name (default: any)")
-    run_p.add_argument("--slot", type=int, default=1, help="the slot to dispense from")
+    run_p = sub.add_parser(
+        "run",
+        help="wait for cards and serve them",
+        description="Wait for cards on the reader and serve them: verify, authorize, dispense.",
+        epilog=RUN_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kiosk_id = env("ONECARD_KIOSK_ID")
+    run_p.add_argument(
+        "--kiosk-id",
+        default=kiosk_id,
+        required=not kiosk_id,
+        help="this kiosk's id, as registered at the server (e.g. K-0001)",
+    )
+    run_p.add_argument(
+        "--server",
+        default=env("ONECARD_SERVER_URL", "http://127.0.0.1:8080"),
+        help="the server's base URL (https://... in production)",
+    )
+    run_p.add_argument(
+        "--server-ca",
+        type=Path,
+        default=env("ONECARD_SERVER_CA"),
+        help="the CA certificate (PEM) that signed the server's TLS certificate "
+        "(default: the system's trust store)",
+    )
+    run_p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=env("ONECARD_KIOSK_DIR", "var/kiosk"),
+        help="the device key, the journal and the signed configuration",
+    )
+    board = env("ONECARD_BOARD_DEVICE")
+    run_p.add_argument(
+        "--board",
+        default=board,
+        required=not board,
+        help="serial device of the controller board (e.g. /dev/ttyUSB0)",
+    )
+    run_p.add_argument(
+        "--board-protocol",
+        default=env("ONECARD_BOARD_PROTOCOL", "onecard-v1"),
+        help="the board's protocol: onecard-v1 or modbus-rtu",
+    )
+    ca_cert = env("ONECARD_CARD_CA_CERT")
+    run_p.add_argument(
+        "--ca-cert",
+        type=Path,
+        default=ca_cert,
+        required=not ca_cert,
+        help="the city card CA certificate (PEM or DER)",
+    )
+    run_p.add_argument(
+        "--reader", default=env("ONECARD_READER"), help="PC/SC reader name (default: any)"
+    )
+    run_p.add_argument(
+        "--slot", type=int, default=env("ONECARD_SLOT", "1"), help="the slot to dispense from"
+    )
     run_p.add_argument(
         "--server-key",
         default=env("ONECARD_SERVER_PUBLIC_KEY"),
@@ -225,17 +326,41 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument(
         "--heartbeat-every",
         type=float,
-        default=float(env("ONECARD_HEARTBEAT_EVERY_S", str(HEARTBEAT_EVERY_S))),
+        default=env("ONECARD_HEARTBEAT_EVERY_S", str(HEARTBEAT_EVERY_S)),
         help="seconds between heartbeats",
     )
     key_p = sub.add_parser(
-        "keygen", help="create the device key if needed and print its public key"
+        "keygen",
+        help="create the device key if needed and print its public key",
+        epilog="environment:\n  ONECARD_KIOSK_DIR  --data-dir",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    key_p.add_argument("--data-dir", type=Path, default=Path(env("ONECARD_KIOSK_DIR", "var/kiosk")))
-    args = parser.parse_args(argv)
+    key_p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=env("ONECARD_KIOSK_DIR", "var/kiosk"),
+        help="where the device key is kept",
+    )
+    return parser
+
+
+def configure_logging() -> None:
+    """Log lines to standard output with time, level and logger (journald keeps them)."""
+    level = os.environ.get("ONECARD_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=level if level in logging.getLevelNamesMapping() else logging.INFO,
+        format=LOG_FORMAT,
+        force=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.command == "keygen":
         print(public_key_b64(load_or_create_device_key(args.data_dir)))
         return 0
+    configure_logging()
     config = KioskConfig(
         kiosk_id=args.kiosk_id,
         server_url=args.server,
@@ -246,8 +371,14 @@ def main(argv: list[str] | None = None) -> int:
         reader=args.reader,
         slot=args.slot,
         server_key=args.server_key,
+        server_ca=args.server_ca,
         heartbeat_every_s=args.heartbeat_every,
     )
+    try:
+        check_files(config)
+    except KioskConfigError as exc:
+        print(f"onecard kiosk: configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIGURATION
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(
@@ -257,7 +388,16 @@ def main(argv: list[str] | None = None) -> int:
         run(config, stop=stop)
     except KeyboardInterrupt:
         return 0
+    except KioskConfigError as exc:
+        print(f"onecard kiosk: configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIGURATION
+    except ValueError as exc:  # an unknown board protocol
+        print(f"onecard kiosk: configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIGURATION
+    except BoardError as exc:
+        print(f"onecard kiosk: board {config.board_device}: {exc}", file=sys.stderr)
+        return EXIT_DEVICE
     except CardError as exc:
         print(f"onecard kiosk: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_DEVICE
     return 0

@@ -10,26 +10,40 @@ always `application/problem+json` documents with a `code` (server.problems). So 
 without such a document is the proxy saying the server cannot be reached: it raises
 ServerUnavailableError like a refused connection (and the kiosk may serve offline), while the
 server's own 503 (e.g. `card_ca_not_configured`) is its decision and stays ServerProblemError.
+
+HTTPS: the server is verified against `server_ca` (the CA file that signed the proxy's
+certificate; `--server-ca` / `ONECARD_SERVER_CA`), else against the system's trust store. A
+certificate that does not verify raises ServerTrustError at once (no retry, nothing sent).
+
+Every call carries an `X-Request-Id` (one per call, the same on its retries); the server logs it
+with the request, and the kiosk's log lines about a failed call name it, so one tap can be
+followed through both logs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import ssl
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cardsvc import requestsig
-from kiosk.errors import ServerProblemError, ServerUnavailableError
+from kiosk.errors import ServerProblemError, ServerTrustError, ServerUnavailableError
+
+log = logging.getLogger(__name__)
 
 # What a reverse proxy answers for an application server that is down, overloaded or too slow.
 GATEWAY_STATUSES = frozenset({502, 503, 504})
 PROBLEM_JSON = "application/problem+json"
+REQUEST_ID_HEADER = "X-Request-Id"
 
 
 @dataclass(frozen=True)
@@ -66,13 +80,19 @@ class ServerClient:
         *,
         timeout: float = 5.0,
         retries: int = 2,
+        server_ca: Path | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.kiosk_id = kiosk_id
         self._key = device_key
         self._timeout = timeout
         self._retries = retries
+        self._server_ca = server_ca
         self._http = requests.Session()
+        if server_ca is not None:
+            if not Path(server_ca).is_file():
+                raise ServerTrustError(f"the server CA file {server_ca} does not exist")
+            self._http.verify = str(server_ca)
         # time.time() of the last answer the server gave (any answer: it was reachable).
         self.last_contact: float | None = None
 
@@ -94,6 +114,10 @@ class ServerClient:
             idempotency_key,
         )
         return Authorization.from_json(doc)
+
+    def entitlements(self, proof: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """POST /entitlements: what the card may take here now, per category (kiosk.choices)."""
+        return self.post("/api/v1/entitlements", {"proof": proof}, idempotency_key)
 
     def capture(
         self, authorization_id: str, board_txn: int, idempotency_key: str
@@ -129,12 +153,13 @@ class ServerClient:
         """POST signed JSON; retried with the same idempotency key when nothing answered or a
         gateway answered for the server, up to `retries` times."""
         payload = json.dumps(body, separators=(",", ":")).encode()
+        request_id = new_request_id()
         last: ServerUnavailableError | None = None
         for _ in range(self._retries + 1):
             # Each attempt is signed afresh (new time and nonce); the idempotency key is what
             # makes the attempts one request at the server, also after a 504 whose request the
             # server did receive.
-            headers = self._signed_headers("POST", path, payload)
+            headers = self._signed_headers("POST", path, payload, request_id)
             headers["Idempotency-Key"] = idempotency_key
             try:
                 response = self._http.post(
@@ -142,24 +167,36 @@ class ServerClient:
                 )
             except requests.RequestException as exc:
                 last = self._unanswered(exc)
+                if isinstance(last, ServerTrustError):
+                    break  # the same certificate would be refused again
                 continue
             try:
                 return self._answer(response)
             except ServerUnavailableError as exc:  # a gateway answered for the server
                 last = exc
         assert last is not None
+        log.warning("POST %s (request %s): %s", path, request_id, last)
         raise last
 
     def get(self, path: str) -> dict[str, Any]:
         """GET, once: the callers (configuration, revocations) try again at their next turn."""
-        headers = self._signed_headers("GET", path, b"")
+        request_id = new_request_id()
+        headers = self._signed_headers("GET", path, b"", request_id)
         try:
             response = self._http.get(self.base_url + path, headers=headers, timeout=self._timeout)
         except requests.RequestException as exc:
-            raise self._unanswered(exc) from exc
+            error = self._unanswered(exc)
+            log.warning("GET %s (request %s): %s", path, request_id, error)
+            raise error from exc
         return self._answer(response)
 
     def _unanswered(self, exc: requests.RequestException) -> ServerUnavailableError:
+        if isinstance(exc, requests.exceptions.SSLError):
+            trusted = self._server_ca or "the system's trust store"
+            return ServerTrustError(
+                f"refusing to talk to {self.base_url}: its TLS certificate is not trusted by "
+                f"{trusted} ({_ssl_reason(exc)})"
+            )
         return ServerUnavailableError(f"the server at {self.base_url} did not answer: {exc}")
 
     def _answer(self, response: requests.Response) -> dict[str, Any]:
@@ -172,13 +209,39 @@ class ServerClient:
             self.last_contact = time.time()
         return _json_or_problem(response)
 
-    def _signed_headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+    def _signed_headers(
+        self, method: str, path: str, body: bytes, request_id: str
+    ) -> dict[str, str]:
         signed = requestsig.sign(
             self._key, self.kiosk_id, method, path, int(time.time()), secrets.token_hex(16), body
         )
         headers = signed.as_dict()
         headers["Content-Type"] = "application/json"
+        headers[REQUEST_ID_HEADER] = request_id
         return headers
+
+
+def new_request_id() -> str:
+    """A request id: 32 hex digits, unique per call (the server logs it as `request_id`)."""
+    return secrets.token_hex(16)
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """The innermost TLS reason (e.g. "certificate verify failed: unable to get local issuer
+    certificate"), found under requests' and urllib3's wrappers."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop(0)
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {item.verify_message}"
+        if isinstance(item, ssl.SSLError):
+            return item.reason or str(item)
+        todo.extend([*item.args, getattr(item, "reason", None), item.__cause__, item.__context__])
+    return str(exc)
 
 
 def _is_server_problem(response: requests.Response) -> bool:

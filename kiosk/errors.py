@@ -29,3 +29,9 @@ class ServerProblemError(KioskError):
         self.code = code
         self.detail = detail
         self.problem = problem
+
+
+class ServerTrustError(ServerUnavailableError):
+    """The server's TLS certificate is not vouched for by the configured CA (or does not match
+    the pinned key): the kiosk sends it nothing. An impostor is treated like an unreachable
+    server (offline mode, within its caps), never trusted."""

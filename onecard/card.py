@@ -2,7 +2,7 @@
 
 `provision` is how a technician issues a card (issue 3, item 4), one card or `--batch` for a
 stack, with the city card CA and the management-key master secret on the server side
-(server.provisioning):
+(server.services.provisioning):
 
 1. the card generates its 9E key (GENERATE ASYMMETRIC KEY PAIR, P-256);
 2. the public key goes to the server, whose city card CA signs the certificate and the CHUID,
@@ -126,10 +126,19 @@ class ServerRefusal(IssueError):
 class TechnicianClient:
     """The technician calls of /api/v1 (bearer token)."""
 
-    def __init__(self, server_url: str, token: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        token: str,
+        *,
+        timeout: float = 10.0,
+        server_ca: Path | None = None,
+    ) -> None:
         self.base = server_url.rstrip("/") + "/api/v1"
         self._headers = {"Authorization": f"Bearer {token}"}
         self._timeout = timeout
+        # HTTPS: the server's certificate is checked against this CA file, else the system's.
+        self._verify: str | bool = str(server_ca) if server_ca is not None else True
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
@@ -139,6 +148,7 @@ class TechnicianClient:
                 json=body,
                 headers=self._headers,
                 timeout=self._timeout,
+                verify=self._verify,
             )
         except requests.RequestException as exc:
             raise IssueError(f"the server at {self.base} did not answer: {exc}") from exc
@@ -401,11 +411,33 @@ def _on_reader(reader: PcscReader, timeout: float, work: Callable[[PivSession], 
         return work(PivSession(connection))
 
 
-def main(argv: list[str] | None = None) -> int:
+CARD_ENVIRONMENT = """environment (each sets the option's default):
+  ONECARD_SERVER_URL  --server
+  ONECARD_SERVER_CA   --server-ca
+  ONECARD_TOKEN       --token"""
+
+
+def _parser() -> argparse.ArgumentParser:
     env = os.environ.get
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", default=env("ONECARD_SERVER_URL", "http://127.0.0.1:8080"))
-    common.add_argument("--token", default=env("ONECARD_TOKEN"), required=not env("ONECARD_TOKEN"))
+    common.add_argument(
+        "--server",
+        default=env("ONECARD_SERVER_URL", "http://127.0.0.1:8080"),
+        help="the server's base URL (env ONECARD_SERVER_URL)",
+    )
+    common.add_argument(
+        "--server-ca",
+        type=Path,
+        default=env("ONECARD_SERVER_CA"),
+        help="CA certificate (PEM) that signed the server's TLS certificate "
+        "(env ONECARD_SERVER_CA; default: the system's trust store)",
+    )
+    common.add_argument(
+        "--token",
+        default=env("ONECARD_TOKEN"),
+        required=not env("ONECARD_TOKEN"),
+        help="the technician's bearer token (env ONECARD_TOKEN)",
+    )
     common.add_argument("--reader", default=None, help="PC/SC reader name (default: any)")
     common.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a card")
     parser = argparse.ArgumentParser(prog="onecard card", description="Technician card commands.")
@@ -413,8 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     issue = sub.add_parser(
         "issue-demo", parents=[common], help="the demo's shortcut: a local CA, no card secrets"
     )
-    issue.add_argument("--ca-dir", type=Path, default=Path("var/ca"))
-    issue.add_argument("--resident-id", required=True)
+    issue.add_argument(
+        "--ca-dir", type=Path, default=Path("var/ca"), help="the demo's local card CA directory"
+    )
+    issue.add_argument("--resident-id", required=True, help="the holder's resident id")
     prov = sub.add_parser("provision", parents=[common], help="issue the card(s) on the reader")
     prov.add_argument(
         "--resident-id",
@@ -426,27 +460,39 @@ def main(argv: list[str] | None = None) -> int:
     prov.add_argument("--batch", action="store_true", help="a stack of cards, one per resident")
     prov.add_argument("--pin", default=None, help="the holder's PIN (default: a random one)")
     revoke = sub.add_parser("revoke", parents=[common], help="a card reported lost or stolen")
-    revoke.add_argument("guid")
-    revoke.add_argument("--reason", choices=REVOKE_REASONS, required=True)
+    revoke.add_argument("guid", help="the card's GUID (32 hex digits)")
+    revoke.add_argument(
+        "--reason", choices=REVOKE_REASONS, required=True, help="why the card is revoked"
+    )
     replace = sub.add_parser(
         "replace", parents=[common], help="a new card on the reader for the holder of GUID"
     )
-    replace.add_argument("guid")
+    replace.add_argument("guid", help="the old card's GUID (32 hex digits)")
     replace.add_argument(
         "--reason",
         choices=REVOKE_REASONS,
         default=None,
         help="revoke the old card first for this reason",
     )
-    replace.add_argument("--pin", default=None)
+    replace.add_argument(
+        "--pin", default=None, help="the holder's PIN on the new card (default: a random one)"
+    )
     sub.add_parser("renew", parents=[common], help="a new expiry for the card on the reader")
     unblock = sub.add_parser(
         "unblock-pin", parents=[common], help="reset the holder's PIN with the card's PUK"
     )
-    unblock.add_argument("--new-pin", required=True)
+    unblock.add_argument("--new-pin", required=True, help="the holder's new PIN")
+    for command in sub.choices.values():
+        command.epilog = CARD_ENVIRONMENT
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     reader = PcscReader(args.reader)
-    tech = TechnicianClient(args.server, args.token)
+    tech = TechnicianClient(args.server, args.token, server_ca=args.server_ca)
     try:
         if args.command == "issue-demo":
             ca = load_or_create_ca(args.ca_dir)

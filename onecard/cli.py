@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import importlib
 import sys
+from importlib import metadata
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
         "onecard.demo",
         "the whole platform on its embedded default, walking a resident's visits",
     ),
-    "server": ("server.cli", "the central server: run, init-db, seed-demo, add-kiosk, create-user"),
+    "server": (
+        "server.cli",
+        "the central server: run, init-db, seed-demo, add-kiosk, create-user, backup, restore",
+    ),
     "kiosk": ("kiosk.app", "the kiosk: run, keygen"),
     "card": (
         "onecard.card",
@@ -30,16 +34,30 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml)."""
+    try:
+        return metadata.version("onecard")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
     rows = "\n".join(f"  {name:<{width}}  {about}" for name, (_, about) in COMMANDS.items())
-    return f"usage: onecard COMMAND [ARGS...]\n\ncommands:\n{rows}\n"
+    return (
+        f"usage: onecard [--version] COMMAND [ARGS...]\n\ncommands:\n{rows}\n\n"
+        "`onecard COMMAND --help` lists a command's options and environment variables.\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage(), end="")
+        return 0
+    if args[0] in ("--version", "-V", "version"):
+        print(f"onecard {version()}")
         return 0
     name, rest = args[0], args[1:]
     if " ".join(args[:2]) in COMMANDS:  # a two-word command, such as `cardsvc serve`
