@@ -23,8 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from firmware_protocols import modbus_rtu as mb
 from firmware_protocols import onecard_v1 as p
 from kiosk.board import OneCardV1Driver, open_board
+from kiosk.board.serial_link import ModbusRtuLink
 
 BAUD = 9600
 LINE_BYTES_PER_S = BAUD / 10  # 8N1: 10 bit times per byte
@@ -122,9 +124,6 @@ def bench_round_trip(rounds: int, pace: bool) -> list[float]:
 def bench_modbus_round_trip(rounds: int) -> list[float]:
     """The same over Modbus RTU through pymodbus: one function-16 write of the DISPENSE block
     (an empty slot, so the board answers at once)."""
-    from firmware_protocols import modbus_rtu as mb
-    from kiosk.serial_link import ModbusRtuLink
-
     sim = Sim("--pace", "--protocol", "modbus-rtu")
     try:
         link = ModbusRtuLink(sim.device, baudrate=BAUD, timeout=0.5, retries=0)

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from firmware_protocols import modbus_rtu
 from firmware_protocols import onecard_v1 as p
 from firmware_protocols.simboard import Board, BoardConfig, BoardState, Faults
+from firmware_protocols.simboard_modbus import ModbusBoard
 
 INTER_FRAME_GAP = 0.050  # a partial frame idle this long is dropped (PROTOCOL.md 5.2)
 
@@ -150,7 +151,7 @@ class ModbusRtuPort:
 
     def __init__(self, board: Board, unit: int = modbus_rtu.UNIT) -> None:
         self.board = board
-        self.server = modbus_rtu.ModbusBoard(board, unit)
+        self.server = ModbusBoard(board, unit)
         self.reader: _Reader = modbus_rtu.RtuReader()
 
     def answer(self, request: modbus_rtu.Request, now: float) -> list[bytes]:

@@ -11,6 +11,7 @@ from firmware_protocols import modbus_rtu as mb
 from firmware_protocols import onecard_v1 as p
 from firmware_protocols.crc import crc16_modbus
 from firmware_protocols.simboard import Board, BoardConfig, BoardState, SlotConfig, Timings
+from firmware_protocols.simboard_modbus import ModbusBoard
 
 REQUESTS = [
     ("01 03 00 00 00 0a c5 cd", mb.ReadHolding(1, 0, 10)),  # the Modbus spec's own example
@@ -68,7 +69,7 @@ class Unit:
         )
         self.board = Board(config, BoardState.fresh(config))
         self.board.boot(0.0)
-        self.server = mb.ModbusBoard(self.board)
+        self.server = ModbusBoard(self.board)
         self.now = 0.0
 
     def ask(self, request: mb.Request) -> bytes | None:

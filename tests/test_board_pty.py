@@ -24,7 +24,7 @@ from kiosk.board import (
     OneCardV1Driver,
     open_board,
 )
-from kiosk.serial_link import SerialLink
+from kiosk.board.serial_link import SerialLink
 from tests.fixtures.board import BoardSim
 
 

@@ -1,9 +1,9 @@
 """The serial line to the vending-machine board: the one kiosk module that imports pyserial
 (and pymodbus, which brings its own serial client).
 
-``SerialLink`` implements ``kiosk.board.Link`` (``write(bytes)``, ``read(timeout)``) on a
-serial device at 8N1 (PROTOCOL.md 5.1); ``ModbusRtuLink`` implements ``kiosk.board.RegisterLink``
-(PROTOCOL.md 11). Library errors become ``BoardLinkError`` / ``BoardTimeoutError``.
+``SerialLink`` implements ``kiosk.board.base.Link`` (``write(bytes)``, ``read(timeout)``) on
+a serial device at 8N1 (PROTOCOL.md 5.1); ``ModbusRtuLink`` implements
+``kiosk.board.base.RegisterLink`` (PROTOCOL.md 11). Library errors become ``BoardLinkError`` / ``BoardTimeoutError``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from types import TracebackType
 from typing import Self
 
 import serial
+from pymodbus import FramerType
+from pymodbus.client import ModbusSerialClient
+from pymodbus.exceptions import ConnectionException, ModbusException
 
 from firmware_protocols.crc import crc16_modbus
-from kiosk.board import BoardLinkError, BoardTimeoutError, ModbusRefusedError
+from kiosk.board.errors import BoardLinkError, BoardTimeoutError, ModbusRefusedError
 
 
 class SerialLink:
@@ -76,7 +79,7 @@ class SerialLink:
 
 class ModbusRtuLink:
     """Holding registers of a Modbus RTU unit on a serial device, through pymodbus
-    (implements ``kiosk.board.RegisterLink``; register map: PROTOCOL.md section 11).
+    (implements ``kiosk.board.base.RegisterLink``; register map: PROTOCOL.md section 11).
 
     pymodbus retransmits a request that gets no answer ``retries`` times; the packets it
     receives are checked here as well, to count CRC errors for telemetry.
@@ -91,9 +94,6 @@ class ModbusRtuLink:
         timeout: float = 0.3,
         retries: int = 3,
     ) -> None:
-        from pymodbus import FramerType
-        from pymodbus.client import ModbusSerialClient
-
         self.device = device
         self._unit = unit
         self._counts = {"requests": 0, "timeouts": 0, "exceptions": 0, "crc_errors": 0}
@@ -119,8 +119,6 @@ class ModbusRtuLink:
         return data
 
     def _call(self, name: str, *args: object, **kwargs: object) -> object:
-        from pymodbus.exceptions import ConnectionException, ModbusException
-
         self._counts["requests"] += 1
         try:
             reply = getattr(self._client, name)(*args, device_id=self._unit, **kwargs)
