@@ -89,10 +89,12 @@ class ServerClient:
         self._retries = retries
         self._server_ca = server_ca
         self._http = requests.Session()
+        # Passed with every call: a Session's own `verify` loses to REQUESTS_CA_BUNDLE.
+        self._verify: str | bool = True
         if server_ca is not None:
             if not Path(server_ca).is_file():
                 raise ServerTrustError(f"the server CA file {server_ca} does not exist")
-            self._http.verify = str(server_ca)
+            self._verify = str(server_ca)
         # time.time() of the last answer the server gave (any answer: it was reachable).
         self.last_contact: float | None = None
 
@@ -163,7 +165,11 @@ class ServerClient:
             headers["Idempotency-Key"] = idempotency_key
             try:
                 response = self._http.post(
-                    self.base_url + path, data=payload, headers=headers, timeout=self._timeout
+                    self.base_url + path,
+                    data=payload,
+                    headers=headers,
+                    timeout=self._timeout,
+                    verify=self._verify,
                 )
             except requests.RequestException as exc:
                 last = self._unanswered(exc)
@@ -183,7 +189,9 @@ class ServerClient:
         request_id = new_request_id()
         headers = self._signed_headers("GET", path, b"", request_id)
         try:
-            response = self._http.get(self.base_url + path, headers=headers, timeout=self._timeout)
+            response = self._http.get(
+                self.base_url + path, headers=headers, timeout=self._timeout, verify=self._verify
+            )
         except requests.RequestException as exc:
             error = self._unanswered(exc)
             log.warning("GET %s (request %s): %s", path, request_id, error)

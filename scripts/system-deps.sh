@@ -17,6 +17,9 @@ need swig             sh -c 'command -v swig'
 need gcc              sh -c 'command -v gcc'
 need opensc           sh -c 'command -v opensc-tool'
 need chromium         test -x /usr/bin/chromium
+need nginx            test -x /usr/sbin/nginx
+need systemd          sh -c 'command -v systemd-analyze'
+need postgresql-client sh -c 'command -v pg_dump && command -v pg_restore'
 need python3-venv     "$py" -c 'import ensurepip, venv'
 need python3-dev      "$py" -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))'
 

@@ -1,0 +1,104 @@
+"""HTTPS end to end (issue 13, part 2): Debian's nginx with the repository's
+deploy/nginx/onecard.conf, a test CA and server certificate, in front of the server on a real
+port; the kiosk's own client authorizes and captures through it, verifying the proxy against
+the configured CA; given another CA it refuses to talk; /metrics is not exposed; HSTS is sent;
+bodies over 64 KiB are refused at the proxy; plain HTTP redirects to HTTPS."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from kiosk.client import ServerClient
+from kiosk.errors import ServerTrustError, ServerUnavailableError
+from tests.fixtures.database import ServerWorld
+from tests.fixtures.tls import Proxy, ProxyCA, running_nginx
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def proxy(live_server: str, tmp_path: Path) -> Iterator[tuple[Proxy, ProxyCA]]:
+    pki = ProxyCA(tmp_path / "pki")
+    upstream_port = int(urlsplit(live_server).port or 0)
+    with running_nginx(tmp_path / "nginx", upstream_port, pki) as running:
+        yield running, pki
+
+
+def _count_authorizations(w: ServerWorld) -> int:
+    from sqlalchemy import text
+
+    with w.sessionmaker() as session:
+        return int(session.scalar(text("SELECT count(*) FROM authorizations")) or 0)
+
+
+def test_a_kiosk_authorizes_through_the_tls_proxy(
+    server_world: ServerWorld, proxy: tuple[Proxy, ProxyCA], live_server: str
+) -> None:
+    running, pki = proxy
+    w = server_world
+    w.clock.follow_real_time()  # the kiosk's client signs with the real clock
+    with ServerClient(running.url, w.kiosk.id, w.kiosk.key, server_ca=pki.ca_path) as client:
+        answer = client.authorize(w.kiosk.tap(w.card, w.clock), 1, secrets.token_hex(8))
+        assert answer.approved and answer.authorization_id
+        captured = client.capture(answer.authorization_id, 7, secrets.token_hex(8))
+        assert captured["status"] == "captured"
+    assert _count_authorizations(w) == 1
+    # The proxy saw the kiosk's calls (its access log), the server answered them.
+    log = running.access_log.read_text()
+    assert re.search(r'"POST /api/v1/authorizations HTTP/1\.1" 20[01] ', log), log
+    assert re.search(r'"POST /api/v1/authorizations/[^/ ]+/capture HTTP/1\.1" 200 ', log), log
+
+
+def test_a_kiosk_given_another_ca_refuses_to_talk(
+    server_world: ServerWorld, proxy: tuple[Proxy, ProxyCA], tmp_path: Path
+) -> None:
+    running, _ = proxy
+    w = server_world
+    w.clock.follow_real_time()
+    other = ProxyCA(tmp_path / "other-pki", name="Someone Else's CA")
+    with (
+        ServerClient(running.url, w.kiosk.id, w.kiosk.key, server_ca=other.ca_path) as client,
+        pytest.raises(ServerTrustError) as refused,
+    ):
+        client.authorize(w.kiosk.tap(w.card, w.clock), 1, secrets.token_hex(8))
+    message = str(refused.value)
+    assert f"refusing to talk to {running.url}" in message
+    assert str(other.ca_path) in message and "certificate verify failed" in message
+    # A trust failure is the unreachable-server kind (the kiosk never trusts an impostor) ...
+    assert isinstance(refused.value, ServerUnavailableError)
+    # ... and nothing reached the server: no authorization, no request past the handshake.
+    assert _count_authorizations(w) == 0
+    assert "/api/v1/authorizations" not in running.access_log.read_text()
+
+
+def test_the_proxy_hides_metrics_limits_bodies_and_sends_hsts(
+    proxy: tuple[Proxy, ProxyCA], live_server: str
+) -> None:
+    running, pki = proxy
+    ca = str(pki.ca_path)  # per call: a Session's verify loses to REQUESTS_CA_BUNDLE
+    with requests.Session() as http:
+        health = http.get(running.url + "/api/v1/health", verify=ca, timeout=10)
+        assert health.status_code == 200
+        assert health.headers["Strict-Transport-Security"].startswith("max-age=63072000")
+        assert requests.get(live_server + "/metrics", timeout=10).status_code == 200
+        hidden = http.get(running.url + "/metrics", verify=ca, timeout=10)
+        assert hidden.status_code == 404
+        assert "onecard_" not in hidden.text
+        too_big = http.post(
+            running.url + "/api/v1/authorizations",
+            data=b"x" * (64 * 1024 + 1),
+            headers={"Content-Type": "application/json"},
+            verify=ca,
+            timeout=10,
+        )
+        assert too_big.status_code == 413
+        redirect = http.get(running.http_url + "/api/v1/health", allow_redirects=False, timeout=10)
+        assert redirect.status_code == 301
+        assert redirect.headers["Location"].startswith("https://")
