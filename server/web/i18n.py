@@ -1,14 +1,15 @@
 """The staff pages' words: one gettext catalogue (Flask-Babel) for every staff page.
 
 Source strings are English in the templates and views (`_("...")`); Simplified Chinese is
-server/web/translations/zh_CN/LC_MESSAGES/messages.po, compiled to messages.mo beside it.
+server/web/translations/zh_Hans_CN/LC_MESSAGES/messages.po, compiled to messages.mo beside it
+(the directory is named as Babel parses zh_CN: zh_Hans_CN).
 The language is the one the person chose (the 中文 / English buttons of base.html, kept in a
 cookie), else the browser's preferred one of the two, else Simplified Chinese.
 
 To add words: write `_("...")` in a template or view, then
 
-    pybabel extract -F server/web/babel.cfg -o server/web/translations/messages.pot server/web
-    pybabel update -i server/web/translations/messages.pot -d server/web/translations
+    pybabel extract -F server/web/babel.cfg -k _l -o server/web/translations/messages.pot server/web
+    pybabel update -i server/web/translations/messages.pot -d server/web/translations -l zh_Hans_CN
     (translate the new entries in messages.po)
     pybabel compile -d server/web/translations
 
