@@ -10,6 +10,11 @@ then too (kiosk.offline). A background thread (kiosk.telemetry.Chores) refreshes
 configuration (kiosk.config_sync), sends the heartbeat and syncs offline taps, so none of them
 holds up a tap.
 
+The touch screen (the default): one kiosk process serves every slot of its board. The
+attendant (kiosk.attendant) moves the screen session (kiosk.session) through each card presence,
+and the screen's page is served on 127.0.0.1 (kiosk.screen.server, `--screen-port`) for the
+kiosk's Chromium; with `--slot N` the kiosk has no screen and every tap takes slot N.
+
 The command line: every option has an environment variable (listed in `onecard kiosk run
 --help`), so a systemd unit's EnvironmentFile configures a kiosk. Exit status: 0 stopped, 2 the
 configuration is wrong (an option, a variable, the CA file), 3 a device is missing (the board,
@@ -33,6 +38,7 @@ from pathlib import Path
 
 from cardsvc.errors import CardError, NoReaderError, PcscdUnavailableError
 from cardsvc.pcsc import PcscReader
+from kiosk.attendant import Attendant, StockBook
 from kiosk.board import BoardError, open_board
 from kiosk.client import ServerClient
 from kiosk.config_sync import ConfigSync
@@ -41,6 +47,10 @@ from kiosk.identity import load_or_create_device_key, public_key_b64
 from kiosk.journal import Journal
 from kiosk.offline import OfflineMode
 from kiosk.revocation import RevocationList, SignedGetter, open_revocation_list
+from kiosk.screen.server import ScreenServer
+from kiosk.screen.speech import Speaker
+from kiosk.screen.words import Words
+from kiosk.session import ScreenSession
 from kiosk.tap import Kiosk, TapResult
 from kiosk.telemetry import CONFIG_EVERY_S, HEARTBEAT_EVERY_S, Chore, Chores, Heartbeat
 
@@ -67,7 +77,9 @@ class KioskConfig:
     ca_certificate: Path
     board_protocol: str = "onecard-v1"
     reader: str | None = None
-    slot: int = 1
+    slot: int | None = None  # None: the touch screen, every slot; N: no screen, always slot N
+    screen_port: int = 8765
+    speech_wav_dir: Path | None = None  # speech to WAV files instead of the sound card
     server_key: str | None = None  # base64 Ed25519; None: the pinned one, or pin on first use
     server_ca: Path | None = None  # the CA that signed the server's TLS certificate
     heartbeat_every_s: float = HEARTBEAT_EVERY_S
@@ -140,7 +152,25 @@ def run(
             )
         )
         heartbeat.on_revocation_version = revocation_news(chores, revocations, server)
-        serve(kiosk, PcscReader(config.reader), config.slot, stop, report)
+        reader = PcscReader(config.reader)
+        if config.slot is not None:
+            serve(kiosk, reader, config.slot, stop, report)
+            return
+        words = Words()
+        session = ScreenSession()
+        session.subscribe(Speaker(words, wav_dir=config.speech_wav_dir))
+        attendant = Attendant(
+            kiosk,
+            session,
+            reader,
+            lambda: signed.current.slots if signed.current is not None else {},
+            StockBook(board),
+            report=report,
+            stop=stop,
+        )
+        screen = stack.enter_context(ScreenServer(session, words, config.screen_port))
+        print(f"kiosk screen: {screen.url}", flush=True)
+        serve(kiosk, reader, 0, stop, report, attendant=attendant)
 
 
 def revocation_news(
@@ -170,10 +200,18 @@ def serve(
     stop: threading.Event,
     report: Callable[[TapResult], None],
     say: Callable[[str], None] = _say,
+    *,
+    attendant: Attendant | None = None,
 ) -> None:
     """The reader loop: one tap per card presence; recovery at start and when idle; a lost
-    pcscd waited for (`say` tells the operator) without losing the place in the loop."""
-    kiosk.recover()
+    pcscd waited for (`say` tells the operator) without losing the place in the loop. With an
+    `attendant` each presence goes through the screen (every slot, chosen by the resident);
+    without, every tap takes `slot`."""
+    if attendant is not None:
+        attendant.recovering(kiosk.recover)
+        attendant.idle()
+    else:
+        kiosk.recover()
     last_recovery = time.monotonic()
     card_served = False  # True from a tap until its card has left the reader
     while not stop.is_set():
@@ -191,6 +229,16 @@ def serve(
             if time.monotonic() - last_recovery > RECOVER_EVERY_S:
                 kiosk.recover()
                 last_recovery = time.monotonic()
+            if attendant is not None:
+                attendant.idle()  # the offers follow the configuration and the stock
+            continue
+        if attendant is not None:
+            try:
+                with connection:
+                    card_served = not attendant.serve_presence(connection)
+            except PcscdUnavailableError as exc:
+                _wait_for_reader_service(reader, stop, say, exc)
+                card_served = True  # the card may still be there: wait it out
             continue
         with connection:
             report(kiosk.serve_card(connection, slot))
@@ -249,6 +297,8 @@ RUN_ENVIRONMENT = """environment (each sets the option's default):
   ONECARD_CARD_CA_CERT       --ca-cert
   ONECARD_READER             --reader
   ONECARD_SLOT               --slot
+  ONECARD_SCREEN_PORT        --screen-port
+  ONECARD_SPEECH_WAV_DIR     speech to WAV files there instead of the sound card
   ONECARD_SERVER_PUBLIC_KEY  --server-key
   ONECARD_HEARTBEAT_EVERY_S  --heartbeat-every
   ONECARD_LOG_LEVEL          log level (DEBUG, INFO, WARNING; default INFO)
@@ -316,7 +366,17 @@ def _parser() -> argparse.ArgumentParser:
         "--reader", default=env("ONECARD_READER"), help="PC/SC reader name (default: any)"
     )
     run_p.add_argument(
-        "--slot", type=int, default=env("ONECARD_SLOT", "1"), help="the slot to dispense from"
+        "--slot",
+        type=int,
+        default=env("ONECARD_SLOT"),
+        help="a kiosk without a screen: every tap takes this slot "
+        "(default: the touch screen, every slot, the resident chooses)",
+    )
+    run_p.add_argument(
+        "--screen-port",
+        type=int,
+        default=env("ONECARD_SCREEN_PORT", "8765"),
+        help="the touch screen's page on http://127.0.0.1:PORT/ (0: any free port)",
     )
     run_p.add_argument(
         "--server-key",
@@ -370,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         ca_certificate=args.ca_cert,
         reader=args.reader,
         slot=args.slot,
+        screen_port=args.screen_port,
+        speech_wav_dir=Path(os.environ["ONECARD_SPEECH_WAV_DIR"])
+        if os.environ.get("ONECARD_SPEECH_WAV_DIR")
+        else None,
         server_key=args.server_key,
         server_ca=args.server_ca,
         heartbeat_every_s=args.heartbeat_every,

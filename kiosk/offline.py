@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kiosk.choices import CategoryAllowance, Entitlements, Source
 from kiosk.config_sync import OfflineRules, SignedConfig
 from kiosk.errors import ServerProblemError, ServerUnavailableError
 from kiosk.journal import OFFLINE_QUEUED, Journal, Txn, TxnState
@@ -125,6 +126,36 @@ class OfflineMode:
             last_contact_s=max(contacts) if contacts else None,
         )
         return decision, key
+
+    def entitlements(self, card_guid_hex: str) -> Entitlements:
+        """What the card may take here offline, per category of the configuration's slots: the
+        same rules as `decide` (one category unit is the smallest product of the category), so
+        the choice shown is the choice `decide` approves."""
+        config = self._config()
+        if config is None:
+            return Entitlements(Source.UNREACHABLE, False, Reason.NO_CONFIG)
+        smallest: dict[str, int] = {}
+        for slot in config.slots.values():
+            smallest[slot.category] = min(slot.units, smallest.get(slot.category, slot.units))
+        now = self._clock()
+        used = self.journal.offline_units_since(
+            self.card_key(card_guid_hex), int((now - WINDOW_S) * 1000)
+        )
+        contacts = [c for c in (self._last_contact(), _issued(config)) if c is not None]
+        categories = {}
+        for category, units in smallest.items():
+            d = decide(
+                config.offline,
+                units,
+                used_units=used,
+                now_s=now,
+                last_contact_s=max(contacts) if contacts else None,
+            )
+            if d.reason in (Reason.NO_CONFIG, Reason.TOO_LONG):
+                return Entitlements(Source.UNREACHABLE, False, d.reason)
+            left = d.remaining + d.units if d.approved else d.remaining
+            categories[category] = CategoryAllowance(category, left, d.approved, d.reason)
+        return Entitlements(Source.OFFLINE, True, None, categories)
 
     def product_name(self, slot: int) -> str | None:
         config = self._config()

@@ -11,7 +11,15 @@ or 504: kiosk.client) and the kiosk has an offline mode (kiosk.offline), the kio
 alone within the signed offline caps, dispenses, and queues the outcome; `recover()` posts the
 queue once the server answers again.
 
-Words for the resident are made here and nowhere else (the kiosk screen's edge).
+A tap with a choice (ARCHITECTURE.md, "The tap with a choice") is three calls the attendant
+(kiosk.attendant) makes while the card stays on the reader: `check_card` (read, prove, verify
+offline), `entitlements` (what this card may take here now: the server's answer, or the signed
+offline policy's), and `take` (a fresh proof, then authorize, dispense, capture or void for the
+chosen slot, exactly as `serve_card` does for a kiosk without a screen).
+
+The words for the resident are msgids of the kiosk's catalogue (kiosk.screen.words), kept in a
+result as phrases (msgid and parameters) and said in the resident's language by the screen;
+`TapResult.message` is the same words in English, for the log.
 """
 
 from __future__ import annotations
@@ -31,12 +39,14 @@ from typing import Any
 from cardsvc.errors import CardError, CardRemovedError, CardVerificationError
 from cardsvc.piv import PivSession
 from cardsvc.profile import TapChallenge, prove, read_card
-from cardsvc.verify import verify_tap
+from cardsvc.verify import CardRole, verify_tap
 from kiosk.board import BoardDriver, BoardError, DispenseOutcome, DispenseResult
+from kiosk.choices import Entitlements, Source, entitlements_from_json
 from kiosk.client import ServerClient
 from kiosk.errors import ServerProblemError, ServerUnavailableError
 from kiosk.journal import TERMINAL, Journal, Txn, TxnState
 from kiosk.offline import OfflineMode, OfflineSync
+from kiosk.screen.words import N_, Phrase, phrase
 
 log = logging.getLogger(__name__)
 
@@ -57,54 +67,117 @@ class Step:
     detail: str = ""
 
 
+def english(words: list[Phrase]) -> str:
+    """Phrases in English (the msgids themselves), for the log."""
+    return " ".join(
+        msgid.format(**{k: english([v]) if isinstance(v, tuple) else v for k, v in p.items()})
+        if p
+        else msgid
+        for msgid, p in words
+    )
+
+
 @dataclass
 class TapResult:
     outcome: TapOutcome
-    message: str
+    words: list[Phrase]
     steps: list[Step] = field(default_factory=list)
     txn_id: int | None = None
     reason: str | None = None
     remaining: dict[str, int] = field(default_factory=dict)
     stock_left: int | None = None
     card_guid: str | None = None
+    next_allowed_on: dt.date | None = None
+    slot: int | None = None
+    product: dict[str, Any] | None = None
+    offline: bool = False
+
+    @property
+    def message(self) -> str:
+        return english(self.words)
 
     @property
     def total_ms(self) -> float:
         return sum(s.ms for s in self.steps)
 
 
+NOT_CHARGED = phrase(N_("Nothing was taken from your allowance."))
+ASK_AT_STATION = phrase(N_("Please ask at a service station."))
+
 REFUSAL_WORDS = {
-    "limit_reached": "You have received this month's free allowance for this item.",
-    "card_revoked": "This card has been reported lost. Please ask at a service station.",
-    "card_unknown": "This card is not registered. Please ask at a service station.",
-    "not_eligible": "This item is not available with this card.",
-    "slot_unknown": "This item is not offered at this machine.",
+    "limit_reached": N_("You have received this period's free allowance for this item."),
+    "card_revoked": N_("This card has been reported lost or is no longer valid."),
+    "card_unknown": N_("This card is not registered."),
+    "not_eligible": N_("This item is not available with this card."),
+    "slot_unknown": N_("This item is not offered at this machine."),
 }
+NOT_ALLOWED_NOW = N_("This item cannot be given with this card now.")
+MORE_FROM = N_("You can take more from {date}.")
 
 OFFLINE_REFUSAL_WORDS = {
-    "offline_limit_reached": "The service cannot be reached right now, and this machine has "
-    "given what it may give this card without it today. Nothing was taken from your allowance. "
-    "Please try again later.",
+    "offline_limit_reached": N_(
+        "The service cannot be reached right now, and this machine has given what it may give "
+        "this card without it today. Please try again later."
+    ),
 }
-UNREACHABLE_WORDS = (
-    "The service cannot be reached right now. Nothing was taken from your "
-    "allowance. Please try again in a few minutes."
+UNREACHABLE_WORDS = N_(
+    "The service cannot be reached right now. Please try again in a few minutes."
 )
 
 OUTCOME_WORDS = {
-    DispenseOutcome.EMPTY: "Sorry, this item has run out. Nothing was taken from your allowance.",
-    DispenseOutcome.JAMMED: "Sorry, the machine jammed. Nothing was taken from your allowance.",
-    DispenseOutcome.MOTOR_FAULT: "Sorry, the machine has a fault. Nothing was taken from your allowance.",
-    DispenseOutcome.NO_DROP: "Sorry, the item did not drop. Nothing was taken from your allowance.",
+    DispenseOutcome.EMPTY: N_("Sorry, this item has run out."),
+    DispenseOutcome.JAMMED: N_("Sorry, the machine jammed."),
+    DispenseOutcome.MOTOR_FAULT: N_("Sorry, the machine has a fault."),
+    DispenseOutcome.NO_DROP: N_("Sorry, the item did not drop."),
 }
+NOTHING_DISPENSED = N_("Sorry, nothing was dispensed.")
+BOARD_SILENT = N_(
+    "The machine did not answer. If no item came out, nothing will be taken from your allowance."
+)
+CARD_PULLED = N_("The card was taken away too soon. Please hold it on the reader and try again.")
+CARD_UNREADABLE = N_("This card could not be read. Please try again.")
+CARD_NOT_ACCEPTED = N_("This card was not accepted: {why}.")
+TAKE_ITEM = N_("Please take {name} from the tray.")
+YOUR_ITEM = N_("your item")
+SERVED_OFFLINE = N_(
+    "Served offline: it counts towards your allowance when the machine is back in touch with "
+    "the service."
+)
+REQUEST_REFUSED = N_("The request was refused.")
+
+# Why a card failed verification, as the resident is told (cardsvc.errors.VerificationFailure).
+VERIFICATION_WORDS = {
+    "expired": N_("the card has expired"),
+    "not_yet_valid": N_("the card is not valid yet"),
+    "revoked": N_("the card has been reported lost"),
+    "untrusted_issuer": N_("the card was not issued by the city"),
+}
+CARD_NOT_GENUINE = N_("the card could not prove it is genuine")
+
+
+@dataclass
+class CheckedCard:
+    """A card on the reader that proved itself and passed offline verification."""
+
+    guid: bytes
+    role: CardRole
+    proof: dict[str, Any]
+    piv: PivSession = field(repr=False)
+
+    @property
+    def guid_hex(self) -> str:
+        return self.guid.hex()
 
 
 class _Timer:
-    def __init__(self) -> None:
+    def __init__(self, on_step: Callable[[str], None] | None = None) -> None:
         self.steps: list[Step] = []
+        self._on_step = on_step
 
     @contextmanager
     def step(self, name: str, detail: str = "") -> Iterator[None]:
+        if self._on_step is not None:
+            self._on_step(name)  # the screen shows the step as it starts
         start = time.perf_counter()
         try:
             yield
@@ -140,48 +213,54 @@ class Kiosk:
         self.serving = threading.Event()
 
     def serve_card(self, connection: Any, slot: int) -> TapResult:
-        """Serve one tap of a card that is on the reader now."""
+        """Serve one tap of a card that is on the reader now, from `slot` (a kiosk without a
+        screen, where every tap takes the same product)."""
         self.serving.set()
         try:
-            return self._serve_card(connection, slot)
+            timer = _Timer()
+            checked = self.check_card(connection, timer)
+            if isinstance(checked, TapResult):
+                return checked
+            result = self._transact(checked.proof, slot, timer)
+            result.card_guid = checked.guid_hex
+            return result
         finally:
             self.serving.clear()
 
-    def _serve_card(self, connection: Any, slot: int) -> TapResult:
-        timer = _Timer()
+    def check_card(
+        self,
+        connection: Any,
+        timer: _Timer | None = None,
+        on_step: Callable[[str], None] | None = None,
+    ) -> CheckedCard | TapResult:
+        """Read the card, have it prove itself, verify it offline. A TapResult when refused."""
+        timer = timer or _Timer(on_step)
         try:
             with timer.step("read card", "SELECT PIV, GET DATA CHUID and 9E certificate"):
                 piv = PivSession(connection)
                 card = read_card(piv)
-            counter = self.journal.next_counter()
-            challenge = TapChallenge(
-                kiosk_id=self.kiosk_id,
-                counter=counter,
-                time_ms=int(self._clock() * 1000),
-                nonce=os.urandom(16),
-                card_guid=card.guid,
-            )
-            with timer.step("card proves", "GENERAL AUTHENTICATE, 9E key, fresh challenge"):
-                signature = prove(piv, challenge)
+            challenge, signature = self._prove(piv, card.guid, timer)
         except CardRemovedError:
             return TapResult(
                 TapOutcome.CARD_REMOVED,
-                "The card was taken away too soon. Please hold it on the reader and try again. "
-                "Nothing was taken from your allowance.",
+                [phrase(CARD_PULLED), NOT_CHARGED],
                 timer.steps,
+                reason="card_removed",
             )
         except CardVerificationError as exc:
             return self._rejected(exc, timer)
         except CardError as exc:
+            log.info("card could not be read: %s", exc)
             return TapResult(
                 TapOutcome.CARD_REJECTED,
-                f"This card could not be read ({exc}). Please try again or ask at a station.",
+                [phrase(CARD_UNREADABLE)],
                 timer.steps,
+                reason="card_unreadable",
             )
         guid_hex = card.guid.hex()
         try:
             with timer.step("verify offline", "chain to city card CA, validity, signature"):
-                verify_tap(
+                verified = verify_tap(
                     card.certificate_der,
                     self.ca_certificate_der,
                     challenge,
@@ -193,16 +272,78 @@ class Kiosk:
             result = self._rejected(exc, timer)
             result.card_guid = guid_hex
             return result
-        result = self._transact(challenge.to_json(signature), slot, timer)
-        result.card_guid = guid_hex
-        return result
+        return CheckedCard(card.guid, verified.role, challenge.to_json(signature), piv)
+
+    def _prove(self, piv: PivSession, guid: bytes, timer: _Timer) -> tuple[TapChallenge, bytes]:
+        challenge = TapChallenge(
+            kiosk_id=self.kiosk_id,
+            counter=self.journal.next_counter(),
+            time_ms=int(self._clock() * 1000),
+            nonce=os.urandom(16),
+            card_guid=guid,
+        )
+        with timer.step("card proves", "GENERAL AUTHENTICATE, 9E key, fresh challenge"):
+            return challenge, prove(piv, challenge)
+
+    def entitlements(self, card: CheckedCard, timer: _Timer | None = None) -> Entitlements:
+        """What this card may take here now, per category: the server's answer; the signed
+        offline policy's when the server cannot be reached (kiosk.offline)."""
+        timer = timer or _Timer()
+        try:
+            with timer.step("entitlements", "what this card may take here now"):
+                answer = self.server.entitlements(card.proof, str(uuid.uuid4()))
+        except ServerUnavailableError:
+            if self.offline is not None:
+                return self.offline.entitlements(card.guid_hex)
+            return Entitlements(Source.UNREACHABLE, False, "server_unavailable")
+        except ServerProblemError as exc:
+            if exc.status >= 500:
+                return Entitlements(Source.UNREACHABLE, False, "server_unavailable")
+            return Entitlements(Source.SERVER, False, exc.code)
+        return entitlements_from_json(answer)
+
+    def take(
+        self, card: CheckedCard, slot: int, on_step: Callable[[str], None] | None = None
+    ) -> TapResult:
+        """The resident chose `slot`: a fresh proof from the card (it is still on the reader),
+        then authorize, dispense, capture or void exactly as `serve_card`."""
+        self.serving.set()
+        try:
+            timer = _Timer(on_step)
+            try:
+                challenge, signature = self._prove(card.piv, card.guid, timer)
+            except CardRemovedError:
+                return TapResult(
+                    TapOutcome.CARD_REMOVED,
+                    [phrase(CARD_PULLED), NOT_CHARGED],
+                    timer.steps,
+                    reason="card_removed",
+                    slot=slot,
+                )
+            except CardError as exc:
+                log.info("card failed its second proof: %s", exc)
+                return TapResult(
+                    TapOutcome.CARD_REJECTED,
+                    [phrase(CARD_UNREADABLE)],
+                    timer.steps,
+                    reason="card_unreadable",
+                    slot=slot,
+                )
+            result = self._transact(challenge.to_json(signature), slot, timer)
+            result.card_guid = card.guid_hex
+            result.slot = slot
+            return result
+        finally:
+            self.serving.clear()
 
     def _rejected(self, exc: CardVerificationError, timer: _Timer) -> TapResult:
+        reason = str(getattr(exc, "reason", "") or "card_rejected")
+        why = VERIFICATION_WORDS.get(reason, CARD_NOT_GENUINE)
         return TapResult(
             TapOutcome.CARD_REJECTED,
-            f"This card was not accepted: {exc}. Please ask at a service station.",
+            [phrase(CARD_NOT_ACCEPTED, why=phrase(why)), ASK_AT_STATION],
             timer.steps,
-            reason=str(getattr(exc, "reason", "") or "card_rejected"),
+            reason=reason,
         )
 
     def _transact(self, proof: dict[str, Any], slot: int, timer: _Timer) -> TapResult:
@@ -214,9 +355,10 @@ class Kiosk:
             if isinstance(exc, ServerProblemError) and exc.status < 500:
                 # A definite refusal of the request itself: nothing was reserved.
                 self.journal.advance(txn.id, TxnState.REFUSED, detail=exc.code)
+                log.info("request refused: %s", exc.detail)
                 return TapResult(
                     TapOutcome.REFUSED,
-                    f"The request was refused: {exc.detail}",
+                    [phrase(REQUEST_REFUSED), NOT_CHARGED],
                     timer.steps,
                     txn.id,
                     reason=exc.code,
@@ -226,16 +368,17 @@ class Kiosk:
             # The server may or may not have reserved: recovery resends with the same key.
             return TapResult(
                 TapOutcome.UNSETTLED,
-                UNREACHABLE_WORDS,
+                [phrase(UNREACHABLE_WORDS), NOT_CHARGED],
                 timer.steps,
                 txn.id,
                 reason="server_unavailable",
             )
+        next_on = dt.date.fromisoformat(auth.next_allowed_on) if auth.next_allowed_on else None
         if not auth.approved:
             self.journal.advance(txn.id, TxnState.REFUSED, detail=auth.reason)
-            words = REFUSAL_WORDS.get(auth.reason or "", auth.message or "Not allowed now.")
-            if auth.next_allowed_on:
-                words += f" You can take more from {auth.next_allowed_on}."
+            words = [phrase(REFUSAL_WORDS.get(auth.reason or "", NOT_ALLOWED_NOW))]
+            if next_on:
+                words.append(phrase(MORE_FROM, date=next_on))
             return TapResult(
                 TapOutcome.REFUSED,
                 words,
@@ -243,6 +386,7 @@ class Kiosk:
                 txn.id,
                 reason=auth.reason,
                 remaining=auth.remaining,
+                next_allowed_on=next_on,
             )
         assert auth.authorization_id is not None
         self.journal.advance(txn.id, TxnState.AUTHORIZED, authorization_id=auth.authorization_id)
@@ -251,37 +395,57 @@ class Kiosk:
             with timer.step("dispense", f"board slot {slot}, drop sensor"):
                 outcome = self.board.dispense(slot, txn.id)
         except BoardError as exc:
+            log.warning("board: %s", exc)
             return TapResult(
                 TapOutcome.UNSETTLED,
-                "The machine did not answer. If no item came out, nothing will be taken from "
-                "your allowance.",
+                [phrase(BOARD_SILENT)],
                 timer.steps,
                 txn.id,
-                reason=f"board: {exc}",
+                reason="board_silent",
             )
         with timer.step("settle", "capture" if outcome.outcome is DispenseOutcome.OK else "void"):
             settled = self._settle(self.journal.get(txn.id), outcome)
         remaining = auth.remaining
         if settled is not None and isinstance(settled.get("remaining"), dict):
             remaining = settled["remaining"]
+        return self._outcome(outcome, timer, txn.id, auth.product, remaining)
+
+    def _outcome(
+        self,
+        outcome: DispenseResult,
+        timer: _Timer,
+        txn_id: int,
+        product: dict[str, Any] | None,
+        remaining: dict[str, int],
+        *,
+        offline: bool = False,
+    ) -> TapResult:
         if outcome.outcome is DispenseOutcome.OK:
-            name = (auth.product or {}).get("name", "your item")
+            name = (product or {}).get("name")
+            words = [phrase(TAKE_ITEM, name=name or phrase(YOUR_ITEM))]
+            if offline:
+                words.append(phrase(SERVED_OFFLINE))
             return TapResult(
                 TapOutcome.DISPENSED,
-                f"Please take {name} from the tray.",
+                words,
                 timer.steps,
-                txn.id,
+                txn_id,
+                reason="offline" if offline else None,
                 remaining=remaining,
                 stock_left=outcome.remaining,
+                product=product,
+                offline=offline,
             )
         return TapResult(
             TapOutcome.NOT_DISPENSED,
-            OUTCOME_WORDS.get(outcome.outcome, "Sorry, nothing was dispensed."),
+            [phrase(OUTCOME_WORDS.get(outcome.outcome, NOTHING_DISPENSED)), NOT_CHARGED],
             timer.steps,
-            txn.id,
+            txn_id,
             reason=str(outcome.outcome),
             remaining=remaining,
             stock_left=outcome.remaining,
+            product=product,
+            offline=offline,
         )
 
     def _serve_offline(
@@ -297,7 +461,7 @@ class Kiosk:
             words = OFFLINE_REFUSAL_WORDS.get(decision.reason or "")
             return TapResult(
                 TapOutcome.UNSETTLED if words is None else TapOutcome.REFUSED,
-                words or UNREACHABLE_WORDS,
+                [phrase(words or UNREACHABLE_WORDS), NOT_CHARGED],
                 timer.steps,
                 txn.id,
                 reason=decision.reason,
@@ -314,13 +478,13 @@ class Kiosk:
             with timer.step("dispense", f"board slot {slot}, drop sensor (offline)"):
                 outcome = self.board.dispense(slot, txn.id)
         except BoardError as exc:
+            log.warning("board: %s", exc)
             return TapResult(
                 TapOutcome.UNSETTLED,
-                "The machine did not answer. If no item came out, nothing will be taken from "
-                "your allowance.",
+                [phrase(BOARD_SILENT)],
                 timer.steps,
                 txn.id,
-                reason=f"board: {exc}",
+                reason="board_silent",
             )
         dropped = outcome.outcome is DispenseOutcome.OK
         self.journal.advance(
@@ -328,25 +492,9 @@ class Kiosk:
             TxnState.OFFLINE_DISPENSED if dropped else TxnState.OFFLINE_NOT_DISPENSED,
             outcome=str(outcome.outcome),
         )
-        if dropped:
-            name = self.offline.product_name(slot) or "your item"
-            return TapResult(
-                TapOutcome.DISPENSED,
-                f"Please take {name} from the tray. (Served offline: it counts towards your "
-                "allowance when the machine is back in touch with the service.)",
-                timer.steps,
-                txn.id,
-                reason="offline",
-                stock_left=outcome.remaining,
-            )
-        return TapResult(
-            TapOutcome.NOT_DISPENSED,
-            OUTCOME_WORDS.get(outcome.outcome, "Sorry, nothing was dispensed."),
-            timer.steps,
-            txn.id,
-            reason=str(outcome.outcome),
-            stock_left=outcome.remaining,
-        )
+        name = self.offline.product_name(slot)
+        product = {"name": name} if name else None
+        return self._outcome(outcome, timer, txn.id, product, {}, offline=True)
 
     def _settle(self, txn: Txn, outcome: DispenseResult) -> dict[str, Any] | None:
         """Write the board's outcome, then capture or void. None if the server is unreachable."""

@@ -113,8 +113,9 @@ class Platform:
     def revocations(self) -> RevocationList:
         return self._parts().revocations
 
-    def kiosk_run_argv(self, *extra: str) -> list[str]:
-        """`onecard kiosk run` for this platform, as its own process (start with kiosk=False)."""
+    def kiosk_run_argv(self, *extra: str, screen: bool = False) -> list[str]:
+        """`onecard kiosk run` for this platform, as its own process (start with kiosk=False):
+        with its touch screen (every slot; pass `--screen-port`), or without (`--slot SLOT`)."""
         return python_module(
             "onecard.cli",
             "kiosk",
@@ -131,6 +132,7 @@ class Platform:
             str(self.ca.certificate_path),
             "--reader",
             READER,
+            *(() if screen else ("--slot", str(SLOT))),
             *extra,
         )
 

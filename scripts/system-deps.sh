@@ -17,6 +17,8 @@ need swig             sh -c 'command -v swig'
 need gcc              sh -c 'command -v gcc'
 need opensc           sh -c 'command -v opensc-tool'
 need chromium         test -x /usr/bin/chromium
+need fonts-noto-cjk   test -e /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc  # Chinese on the kiosk screen
+need espeak-ng        sh -c 'command -v espeak-ng'  # the kiosk's spoken prompts (voices cmn, en-us)
 need nginx            test -x /usr/sbin/nginx
 need systemd          sh -c 'command -v systemd-analyze'
 need postgresql-client sh -c 'command -v pg_dump && command -v pg_restore'
