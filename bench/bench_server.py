@@ -78,9 +78,9 @@ def prepare(
     """Seed the database; return the kiosks' specs for the load generator."""
     from server import services
     from server.app import context_of, create_app
-    from server.db import db
-    from server.migrate import upgrade
-    from server.models import EntitlementRule
+    from server.store.db import db
+    from server.store.migrate import upgrade
+    from server.store.models import EntitlementRule
 
     app = create_app({**env, "ONECARD_DATABASE_URL": database_url})
     upgrade(db.bound(app).engine)

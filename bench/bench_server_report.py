@@ -24,8 +24,8 @@ from bench_server import drop_postgres_database, postgres_database  # noqa: E402
 
 from server import services, synthetic  # noqa: E402
 from server.app import context_of, create_app  # noqa: E402
-from server.db import db  # noqa: E402
-from server.migrate import upgrade  # noqa: E402
+from server.store.db import db  # noqa: E402
+from server.store.migrate import upgrade  # noqa: E402
 
 
 def run(label: str, url: str, data_dir: Path, residents: int, dispenses: int) -> None:

@@ -321,9 +321,9 @@ def start_server(env: dict[str, str], port: int) -> Child:
 
 
 def _prepare_server(env: dict[str, str], kiosk_public_key: str) -> Any:
-    from server import services
+    from server.demo import prepare_demo
 
-    return services.prepare_demo(
+    return prepare_demo(
         database_url=env["ONECARD_DATABASE_URL"],
         kiosk_id=KIOSK_ID,
         kiosk_public_key=kiosk_public_key,

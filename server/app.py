@@ -10,13 +10,22 @@ from zoneinfo import ZoneInfo
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask
 
-from server import metrics, problems, provisioning
+from server.api import kiosk, provisioning, public, staff, station
 from server.config import ServerConfig
-from server.db import db
-from server.fieldcrypto import FieldCipher
+from server.http import framework, metrics, problems
 from server.services import Context
+from server.store.db import db
+from server.store.fieldcrypto import FieldCipher
+from server.web import station as station_page
 
-CONTEXT_KEY = "onecard_context"
+# The JSON API by audience (the provisioning blueprint is registered with its secrets).
+API_BLUEPRINTS = (
+    public.public_api,
+    kiosk.kiosk_api,
+    station.station_api,
+    station.desk_api,
+    staff.staff_api,
+)
 
 
 def create_app(config: Mapping[str, Any] | ServerConfig | None = None) -> Flask:
@@ -32,7 +41,7 @@ def create_app(config: Mapping[str, Any] | ServerConfig | None = None) -> Flask:
         ONECARD=settings,
         JSON_SORT_KEYS=False,
     )
-    app.extensions[CONTEXT_KEY] = Context(
+    context = Context(
         cipher=FieldCipher(settings.field_key),
         timezone=ZoneInfo(settings.timezone),
         card_ca_der=settings.card_ca_der,
@@ -42,16 +51,12 @@ def create_app(config: Mapping[str, Any] | ServerConfig | None = None) -> Flask:
     )
     db.init_app(app, settings.database_url)
     problems.register(app)
-    metrics.init_app(app)
-
-    from server.api import api
-    from server.pages import pages
-
-    app.register_blueprint(api)
-    app.register_blueprint(pages)
+    framework.init_app(app, context)
+    metrics.init_app(app, context)
+    for blueprint in (*API_BLUEPRINTS, station_page.pages):
+        app.register_blueprint(blueprint)
     provisioning.init_app(app, config)
     return app
 
 
-def context_of(app: Flask) -> Context:
-    return app.extensions[CONTEXT_KEY]  # type: ignore[no-any-return]
+context_of = framework.context_of

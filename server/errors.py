@@ -1,4 +1,4 @@
-"""The server's one error hierarchy. Services raise these; the HTTP error handler (server.problems)
+"""The server's one error hierarchy. Services raise these; the HTTP error handler (server.http.problems)
 turns each into an `application/problem+json` document, and the CLI into a message.
 
 Each class fixes an HTTP status and a default stable `code`; a raise may name a narrower code

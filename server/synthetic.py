@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from server.models import (
+from server.services import Context, seed_catalog
+from server.store.models import (
     Authorization,
     AuthorizationStatus,
     Card,
@@ -28,7 +29,6 @@ from server.models import (
     ResidentStatus,
     Usage,
 )
-from server.services import Context, seed_catalog
 
 TOWNS = 18
 VILLAGES = 811

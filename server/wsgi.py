@@ -8,11 +8,11 @@ Put it behind a TLS reverse proxy; run `onecard server init-db` on deploy, befor
 Why this shape (measured with bench/bench_server.py, 64 kiosks, PostgreSQL on the same 2-core
 machine): a request still waits on PostgreSQL round trips, so a few threads per process overlap
 those waits; the CPU work holds the GIL, so one process per core uses the cores. With the
-PostgreSQL ledger (server.ledger), 2 workers x 4 threads gave a median of 309 authorizations/s
+PostgreSQL ledger (server.store.ledger), 2 workers x 4 threads gave a median of 309 authorizations/s
 over three runs, against 300 for 2 x 2 and 282 for 2 x 8 (more threads contend for the GIL:
 more context switches); more processes than cores measured lower still. gthread keeps kiosks'
 connections alive between calls (the sync worker closes each one). Each worker's pool
-(server.db: 20 + 80 overflow) must cover its threads, and workers x threads must stay below
+(server.store.db: 20 + 80 overflow) must cover its threads, and workers x threads must stay below
 PostgreSQL's max_connections.
 """
 

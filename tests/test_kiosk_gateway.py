@@ -62,7 +62,7 @@ def error_page(status: int) -> Answer:
 
 
 def problem(status: int, code: str, detail: str) -> Answer:
-    """What the OneCard server itself sends for an error (server.problems)."""
+    """What the OneCard server itself sends for an error (server.http.problems)."""
     doc = {"type": f"/problems/{code}", "title": code, "status": status, "detail": detail}
     return Answer(status, "application/problem+json", json.dumps({**doc, "code": code}).encode())
 

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from sqlalchemy import func, select
 
-from server.models import Authorization, AuthorizationStatus, Usage
+from server.store.models import Authorization, AuthorizationStatus, Usage
 from tests.fixtures.database import ServerWorld, TestKiosk
 
 CLIENTS = 64

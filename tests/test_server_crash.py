@@ -19,7 +19,7 @@ import requests
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select, update
 
-from server.models import Authorization, AuthorizationStatus, EntitlementRule
+from server.store.models import Authorization, AuthorizationStatus, EntitlementRule
 from tests.fixtures.database import ServerWorld, TestKiosk
 
 SERVE = """

@@ -6,9 +6,10 @@ import datetime as dt
 
 import pytest
 
-from server import exams, services
-from server.exams import ExamReason, Programme
-from server.rules import Holder
+from server import services
+from server.domain import exams
+from server.domain.exams import ExamReason, Programme
+from server.domain.rules import Holder
 from tests.fixtures.database import ServerWorld, TestCard, TestKiosk
 from tests.test_server_openapi import check_answer
 

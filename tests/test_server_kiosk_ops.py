@@ -8,7 +8,7 @@ import json
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 
-from server.models import Authorization, KioskEvent, KioskSlot, Usage
+from server.store.models import Authorization, KioskEvent, KioskSlot, Usage
 from tests.fixtures.database import ServerWorld, TestCard
 
 

@@ -1,4 +1,4 @@
-"""The kiosk hot path's data access (server.ledger), on SQLite and PostgreSQL.
+"""The kiosk hot path's data access (server.store.ledger), on SQLite and PostgreSQL.
 
 The ledger spends a request's nonce in the same round trip as it reads the kiosk row, before the
 signature is checked; these tests pin that a request which then fails authentication leaves no
@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from sqlalchemy import func, select, update
 
-from server import ledger
-from server.models import Kiosk, SeenNonce
+from server.store import ledger
+from server.store.models import Kiosk, SeenNonce
 from tests.fixtures.database import ServerWorld, TestKiosk, _truncate_all
 
 

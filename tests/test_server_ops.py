@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 
+from sqlalchemy import func, select
+
+from server.http import framework
+from server.store.models import SeenNonce
 from tests.fixtures.database import ServerWorld
 
 
@@ -84,13 +88,8 @@ def test_staff_see_only_their_own_area(server_world: ServerWorld) -> None:
 
 
 def test_nonces_are_pruned_in_passing(server_world: ServerWorld, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from sqlalchemy import func, select
-
-    from server import api
-    from server.models import SeenNonce
-
     w = server_world
-    monkeypatch.setattr(api, "NONCE_PRUNE_EVERY", 1)
+    monkeypatch.setattr(framework, "NONCE_PRUNE_EVERY", 1)
     w.authorize()
     w.clock.advance(3600)
     assert w.post("/api/v1/authorizations", b"{").status_code == 400  # an error answer prunes too

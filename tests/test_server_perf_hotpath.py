@@ -65,7 +65,7 @@ def test_another_kiosks_authorization_stays_unknown(server_world: ServerWorld) -
 
 
 def test_a_re_keyed_or_disabled_kiosk_is_refused_at_once(server_world: ServerWorld) -> None:
-    from server.models import Kiosk
+    from server.store.models import Kiosk
 
     w = server_world
     assert w.authorize().status_code == 200  # the old key is parsed and cached
@@ -91,7 +91,7 @@ def test_run_idempotent_without_look_up_replays_when_the_retry_is_refused(
     """A retry whose operation now fails (the state moved on) still gets the first answer."""
     from server import services
     from server.errors import Conflict
-    from server.models import IdempotencyRecord
+    from server.store.models import IdempotencyRecord
 
     w = server_world
     calls = []

@@ -1,4 +1,4 @@
-"""The server side of provisioning and of the card lifecycle (server.provisioning), on SQLite and
+"""The server side of provisioning and of the card lifecycle (server.services.provisioning, server.api.provisioning), on SQLite and
 PostgreSQL: certificates signed by the server's card CA, per-card management keys and PUKs,
 renewal, and the signed, versioned revocation list as the kiosk (kiosk.revocation) takes it.
 """
@@ -22,7 +22,7 @@ from cardsvc.provision import diversify_management_key
 from cardsvc.verify import guid_from_certificate, load_certificate, verify_certificate
 from kiosk.config_sync import ConfigSync
 from kiosk.revocation import RevocationList, RevocationListError
-from server.provisioning import EXTENSION_KEY, puk_for
+from server.services.provisioning import EXTENSION_KEY, puk_for
 from tests.fixtures.database import CityCA, ServerWorld
 from tests.test_server_openapi import check_answer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from server import services, synthetic
-from server.models import Authorization, Region, RegionKind, Usage
+from server.store.models import Authorization, Region, RegionKind, Usage
 from tests.fixtures.database import ServerWorld
 from tests.test_server_openapi import check_answer
 

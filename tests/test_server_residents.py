@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from server import services
-from server.models import AuditEntry
+from server.store.models import AuditEntry
 from tests.fixtures.database import ServerWorld
 from tests.test_server_openapi import check_answer
 

@@ -1,4 +1,4 @@
-"""server.rules: pure entitlement evaluation (no database)."""
+"""server.domain.rules: pure entitlement evaluation (no database)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server import rules
-from server.rules import MONTHLY, YEARLY, Holder, Period, PeriodKind, Reason, Rule, rolling
+from server.domain import rules
+from server.domain.rules import MONTHLY, YEARLY, Holder, Period, PeriodKind, Reason, Rule, rolling
 
 D = dt.date
 ADULT = Holder(birth_date=D(1990, 6, 1), sex="F")

@@ -13,11 +13,13 @@ from alembic.migration import MigrationContext
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from server import audit, services
-from server.db import make_engine
+from server import services
+from server.demo import prepare_demo
+from server.store import audit
+from server.store.db import make_engine
 from server.errors import Conflict
-from server.migrate import downgrade, upgrade
-from server.models import AuditEntry, Base, Resident
+from server.store.migrate import downgrade, upgrade
+from server.store.models import AuditEntry, Base, Resident
 from tests.fixtures.database import ServerWorld, TestKiosk
 
 
@@ -165,7 +167,7 @@ def test_cli_init_seed_user_kiosk(
 def test_prepare_demo(database_url: str, tmp_path: Path) -> None:
     kiosk = TestKiosk("K-0001")
     config = {"ONECARD_DATA_DIR": str(tmp_path / "data")}
-    first = services.prepare_demo(
+    first = prepare_demo(
         database_url=database_url,
         kiosk_id=kiosk.id,
         kiosk_public_key=kiosk.public_key_b64,
@@ -173,7 +175,7 @@ def test_prepare_demo(database_url: str, tmp_path: Path) -> None:
         stock=10,
         config=config,
     )
-    again = services.prepare_demo(
+    again = prepare_demo(
         database_url=database_url,
         kiosk_id=kiosk.id,
         kiosk_public_key=kiosk.public_key_b64,

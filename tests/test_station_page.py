@@ -96,7 +96,7 @@ def desk(server_world: ServerWorld) -> Desk:
 def audit_actions(world: ServerWorld) -> list[tuple[str, str, str]]:
     from sqlalchemy import select
 
-    from server.models import AuditEntry
+    from server.store.models import AuditEntry
 
     with world.sessionmaker() as session:
         return [
@@ -136,7 +136,7 @@ def test_station_staff_check_and_record_with_the_card_on_the_desk(desk: Desk) ->
 
     from sqlalchemy import select
 
-    from server.models import ExamRecord, StaffUser
+    from server.store.models import ExamRecord, StaffUser
 
     with w.sessionmaker() as session:
         nurse_id = session.scalar(select(StaffUser.id).where(StaffUser.name == "nurse-li"))

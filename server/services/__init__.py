@@ -9,12 +9,12 @@ the CLI, the demo, the benchmarks and the tests call as `services.<name>`:
 - `context`: Context (keys, the CA, the clock, the time zone), the TTL cache, Core helpers;
 - `devices`: signed kiosk/station requests, nonces, idempotent answers, pruning;
 - `dispensing`: authorize, capture, void, offline sync, taps, rules and usage (the hot path,
-  over server.ledger; its concurrency notes are in its docstring);
+  over server.store.ledger; its concurrency notes are in its docstring);
 - `kiosks`: kiosk and station registration, the signed kiosk configuration, telemetry;
 - `stations`: exam eligibility and records, couples, appointments;
 - `people`: residents, cards, staff users, regional scope;
 - `reports`: the monthly report with small counts suppressed;
-- `seeding`: demo city, catalogue and exam programmes; `prepare_demo`.
+- `seeding`: demo city, catalogue and exam programmes (server.demo readies a whole demo server).
 
 Submodules import each other directly (`from server.services.context import Context`), never
 this package, so there is no import cycle.
@@ -66,7 +66,7 @@ from server.services.people import (
     subtree_ids,
 )
 from server.services.reports import SMALL_COUNT, monthly_report
-from server.services.seeding import DemoSeed, PreparedDemo, prepare_demo, seed_catalog, seed_demo
+from server.services.seeding import DemoSeed, seed_catalog, seed_demo
 from server.services.stations import (
     book_appointment,
     cancel_appointment,
@@ -86,7 +86,6 @@ __all__ = [
     "Context",
     "DemoSeed",
     "OfflineDispense",
-    "PreparedDemo",
     "SignedRequest",
     "StoredAnswer",
     "add_kiosk",
@@ -109,7 +108,6 @@ __all__ = [
     "list_rules",
     "monthly_report",
     "open_reservations",
-    "prepare_demo",
     "prune",
     "prune_nonces",
     "record_exam",

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from server import ledger
-from server.fieldcrypto import FieldCipher
+from server.store import ledger
+from server.store.fieldcrypto import FieldCipher
 
 RULES_TTL = 5.0
 

@@ -21,10 +21,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cardsvc import requestsig
-from server import ledger
 from server.errors import ApiError, Unauthenticated, Unprocessable
-from server.models import IdempotencyRecord, SeenNonce
 from server.services.context import Context, _connection, _is_hex, _table
+from server.store import ledger
+from server.store.models import IdempotencyRecord, SeenNonce
 
 NONCE_RETENTION = dt.timedelta(seconds=900)
 

@@ -1,6 +1,6 @@
 """The tap and what it spends: authorize, capture, void, offline sync, and the rules as data.
 
-Concurrency (see also server.db and server.ledger):
+Concurrency (see also server.store.db and server.store.ledger):
 - authorize advances the kiosk's counter with a conditional UPDATE (`last_counter < :counter`), so
   a proof is used at most once even under concurrent requests;
 - it then locks the person's row (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite already holds the
@@ -27,9 +27,11 @@ from sqlalchemy.orm import Session, joinedload
 
 from cardsvc.errors import CardVerificationError, VerificationFailure
 from cardsvc.verify import TapChallenge, load_certificate, verify_tap
-from server import audit, ledger, rules
+from server.domain import rules
 from server.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceUnavailable
-from server.models import (
+from server.services.context import Context, _connection, _is_hex
+from server.store import audit, ledger
+from server.store.models import (
     Authorization,
     AuthorizationStatus,
     Card,
@@ -44,27 +46,15 @@ from server.models import (
     ResidentStatus,
     StaffUser,
 )
-from server.services.context import Context, _connection, _is_hex
 
 # --- authorize, capture, void --------------------------------------------------------------------
 
 
-class RefusalReason:
-    """Refusal codes of docs/interfaces.md that are decided here rather than in server.rules."""
-
-    CARD_UNKNOWN = "card_unknown"
-    CARD_REVOKED = "card_revoked"
-    PROOF_INVALID = "proof_invalid"
-    PROOF_STALE = "proof_stale"
-    COUNTER_REPLAYED = "counter_replayed"
-    SLOT_UNKNOWN = "slot_unknown"
-
-
-_VERIFICATION_REASON = {VerificationFailure.REVOKED: RefusalReason.CARD_REVOKED}
+_VERIFICATION_REASON = {VerificationFailure.REVOKED: rules.Reason.CARD_REVOKED}
 
 
 def refusal(
-    reason: str,
+    reason: rules.Reason,
     message: str,
     remaining: Mapping[str, int] | None = None,
     next_allowed_on: dt.date | None = None,
@@ -94,11 +84,11 @@ def _card_refusal(
     """Why a tap's card is refused (a refusal answer), or None: the card is registered and
     active, the tap is fresh, and the proof verifies with the certificate recorded at issuance."""
     if card is None:
-        return refusal(RefusalReason.CARD_UNKNOWN, "this card is not registered")
+        return refusal(rules.Reason.CARD_UNKNOWN, "this card is not registered")
     if card.status is not CardStatus.ACTIVE:
-        return refusal(RefusalReason.CARD_REVOKED, f"this card is {card.status.value}")
+        return refusal(rules.Reason.CARD_REVOKED, f"this card is {card.status.value}")
     if abs(challenge.time_ms / 1000 - now.timestamp()) > ctx.clock_skew:
-        return refusal(RefusalReason.PROOF_STALE, "the tap is too old or from the future")
+        return refusal(rules.Reason.PROOF_STALE, "the tap is too old or from the future")
     try:
         verify_tap(
             _parsed_certificate(card.certificate),
@@ -108,7 +98,7 @@ def _card_refusal(
             now=now,
         )
     except CardVerificationError as exc:
-        return refusal(_VERIFICATION_REASON.get(exc.reason, RefusalReason.PROOF_INVALID), str(exc))
+        return refusal(_VERIFICATION_REASON.get(exc.reason, rules.Reason.PROOF_INVALID), str(exc))
     return None
 
 
@@ -129,7 +119,7 @@ def check_tap(
         ledger.ADVANCE_COUNTER, {"b_device": device_id, "b_counter": challenge.counter}
     )
     if advanced.rowcount != 1:
-        return refusal(RefusalReason.COUNTER_REPLAYED, "this tap was already used")
+        return refusal(rules.Reason.COUNTER_REPLAYED, "this tap was already used")
     return TappedCard(card.id, card.resident_id), now
 
 
@@ -160,7 +150,7 @@ def authorize(
     tap = store.tap_context(kiosk_id, slot, challenge.card_guid.hex())
     product = tap.product
     if product is None:
-        return refusal(RefusalReason.SLOT_UNKNOWN, f"slot {slot} holds no product")
+        return refusal(rules.Reason.SLOT_UNKNOWN, f"slot {slot} holds no product")
     now = ctx.now()
     refused = _card_refusal(ctx, tap.card, challenge, signature, now)
     if refused is not None:
@@ -173,7 +163,7 @@ def authorize(
         kiosk_id, challenge.counter, card.resident_id, rules.lookback_start(rule_set, today)
     )
     if held is None:
-        return refusal(RefusalReason.COUNTER_REPLAYED, "this tap was already used")
+        return refusal(rules.Reason.COUNTER_REPLAYED, "this tap was already used")
     holder = _holder(ctx, held.birth_date_enc, held.sex_enc, held.status)
     units = quantity * product.units
     decision = rules.evaluate(rule_set, held.usage, holder, product.category, units, today)
@@ -399,7 +389,7 @@ def create_rule(
     session: Session, ctx: Context, user: StaffUser, spec: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Add a rule (rules are never edited in place: a change is a new rule and the old one
-    deactivated, so what applied when stays on record). Validated through server.rules."""
+    deactivated, so what applied when stays on record). Validated through server.domain.rules."""
     category = session.scalar(select(Category).where(Category.code == spec["category"]))
     if category is None:
         raise NotFound(f"no category {spec['category']}", code="category_unknown")
@@ -549,9 +539,9 @@ def sync_offline(
         tapped_at = dt.datetime.fromtimestamp(challenge.time_ms / 1000, dt.UTC)
         problem = None
         if slot_row is None:
-            problem = RefusalReason.SLOT_UNKNOWN
+            problem = rules.Reason.SLOT_UNKNOWN
         elif card is None:
-            problem = RefusalReason.CARD_UNKNOWN
+            problem = rules.Reason.CARD_UNKNOWN
         else:
             try:
                 # Checked as of the tap: a card valid then was valid for that dispense.
@@ -563,7 +553,7 @@ def sync_offline(
                     now=tapped_at,
                 )
             except CardVerificationError as exc:
-                problem = _VERIFICATION_REASON.get(exc.reason, RefusalReason.PROOF_INVALID)
+                problem = _VERIFICATION_REASON.get(exc.reason, rules.Reason.PROOF_INVALID)
         if problem is not None:
             audit.append(
                 session,

@@ -2,7 +2,7 @@
 (slots, offline rules, the revocation list's version), and the telemetry it reports.
 
 The revocation list itself is the `card_revocations` journal, which `GET /api/v1/revocations`
-(server.provisioning) hands out as signed deltas; its version, the highest `seq`, is kept here
+(server.services.provisioning) hands out as signed deltas; its version, the highest `seq`, is kept here
 so that the delta list, the configuration and the heartbeat's answer name the same number.
 """
 
@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session, joinedload
 
 from cardsvc import requestsig
 from cardsvc.requestsig import canonical_json
-from server import audit
 from server.errors import InvalidRequest, NotFound, ServiceUnavailable, Unprocessable
-from server.models import (
+from server.services.context import Context
+from server.store import audit
+from server.store.models import (
     Card,
     CardRevocation,
     CardStatus,
@@ -31,7 +32,6 @@ from server.models import (
     Product,
     Region,
 )
-from server.services.context import Context
 
 # --- kiosk configuration and telemetry -------------------------------------------------------------
 

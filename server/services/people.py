@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 
 from cardsvc.errors import CardVerificationError
 from cardsvc.verify import guid_from_certificate, load_certificate, verify_certificate
-from server import audit
 from server.errors import (
     Conflict,
     Forbidden,
@@ -25,9 +24,10 @@ from server.errors import (
     Unauthenticated,
     Unprocessable,
 )
-from server.fieldcrypto import mask_id_number, normalise_id_number
-from server.models import Card, CardStatus, Region, Resident, ResidentStatus, Role, StaffUser
 from server.services.context import Context
+from server.store import audit
+from server.store.fieldcrypto import mask_id_number, normalise_id_number
+from server.store.models import Card, CardStatus, Region, Resident, ResidentStatus, Role, StaffUser
 
 # --- staff ---------------------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.models import Authorization, AuthorizationStatus, Kiosk, Region
 from server.services.context import _table
+from server.store.models import Authorization, AuthorizationStatus, Kiosk, Region
 
 SMALL_COUNT = 5
 

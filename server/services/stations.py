@@ -1,4 +1,4 @@
-"""Service stations: exam eligibility and records (the rules themselves are server.exams),
+"""Service stations: exam eligibility and records (the rules themselves are server.domain.exams),
 couples, and appointment slots.
 """
 
@@ -12,12 +12,22 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server import audit, exams
+from server.domain import exams
 from server.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unprocessable
-from server.models import Appointment, Couple, ExamProgramme, ExamRecord, Kiosk, Resident, StaffUser
 from server.services.context import Context
 from server.services.dispensing import check_tap, holder_of, parse_tap
-from server.services.people import in_scope
+from server.services.people import in_scope, subtree_ids
+from server.store import audit
+from server.store.models import (
+    Appointment,
+    Card,
+    Couple,
+    ExamProgramme,
+    ExamRecord,
+    Kiosk,
+    Resident,
+    StaffUser,
+)
 
 # --- exams at service stations --------------------------------------------------------------------
 
@@ -326,3 +336,45 @@ def cancel_appointment(
         "starts_at": audit.as_utc(appointment.starts_at).astimezone(ctx.timezone).isoformat(),
         "status": "cancelled",
     }
+
+
+# --- the station desk (a nurse's browser and the desk's card reader) ------------------------------
+
+
+def desk_station(session: Session, user: StaffUser, station_id: str) -> Kiosk:
+    """The station a nurse works at from the desk page: it exists, is enabled and lies in the
+    user's area (404/403 otherwise)."""
+    station = _station(session, station_id)
+    if not in_scope(session, user, station.region_id):
+        raise Forbidden("this station is outside your area", code="out_of_scope")
+    if not station.enabled:
+        raise Forbidden(f"station {station_id} is disabled", code="station_disabled")
+    return station
+
+
+def desk_stations(session: Session, user: StaffUser) -> list[str]:
+    """The ids of the enabled stations in the user's area."""
+    query = select(Kiosk.id).where(Kiosk.kind == "station", Kiosk.enabled.is_(True))
+    if user.region_id is not None:
+        query = query.where(Kiosk.region_id.in_(subtree_ids(session, user.region_id)))
+    return list(session.scalars(query.order_by(Kiosk.id)))
+
+
+def audit_person_of_tap(
+    session: Session,
+    ctx: Context,
+    user_id: int,
+    action: str,
+    card_guid: str,
+    detail: dict[str, Any],
+) -> None:
+    """Audit a read or record of the person behind a tap that was already verified."""
+    resident_id = session.scalar(select(Card.resident_id).where(Card.guid == card_guid.lower()))
+    audit.append(
+        session,
+        at=ctx.now(),
+        actor=f"user:{user_id}",
+        action=action,
+        subject=f"resident:{resident_id}" if resident_id is not None else f"card:{card_guid}",
+        detail=detail,
+    )

@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
-from server.db import make_engine
+from server.store.db import make_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 

@@ -1,6 +1,6 @@
 """The server's persistent model: typed SQLAlchemy 2 declarative classes, no I/O of their own.
 
-The schema is built by the Alembic migrations in server/migrations (also in the tests); these
+The schema is built by the Alembic migrations in server/store/migrations (also in the tests); these
 classes must match them, and tests/test_server_migrations.py checks that they do.
 
 Design notes:
@@ -116,7 +116,7 @@ class Resident(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     region_id: Mapped[int] = mapped_column(ForeignKey("regions.id"), index=True)
-    # AES-256-GCM ciphertexts (server.fieldcrypto); the plaintext never reaches the database.
+    # AES-256-GCM ciphertexts (server.store.fieldcrypto); the plaintext never reaches the database.
     name_enc: Mapped[bytes] = mapped_column(LargeBinary)
     sex_enc: Mapped[bytes] = mapped_column(LargeBinary)
     birth_date_enc: Mapped[bytes] = mapped_column(LargeBinary)
@@ -180,7 +180,7 @@ class Product(Base):
 
 
 class EntitlementRule(Base):
-    """Units of one category per period, with eligibility; evaluated by server.rules."""
+    """Units of one category per period, with eligibility; evaluated by server.domain.rules."""
 
     __tablename__ = "entitlement_rules"
 
@@ -328,8 +328,27 @@ class KioskEvent(Base):
     detail: Mapped[str] = mapped_column(Text)  # JSON
 
 
+class StockEvent(Base):
+    """A technician's refill or test dispense at a kiosk, as its staff card proved it
+    (server.services.stock; append-only)."""
+
+    __tablename__ = "stock_events"
+    __table_args__ = (Index("ix_stock_events_kiosk_id_at", "kiosk_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kiosk_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"))
+    slot: Mapped[int] = mapped_column(Integer)
+    product_id: Mapped[int | None] = mapped_column(ForeignKey("products.id"))
+    kind: Mapped[str] = mapped_column(String(32))  # refill | test_dispense
+    count_before: Mapped[int | None] = mapped_column(Integer)
+    count_after: Mapped[int | None] = mapped_column(Integer)
+    staff_card_guid: Mapped[str] = mapped_column(String(32))
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))  # the staff card's tap
+    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ExamProgramme(Base):
-    """A free exam programme, as data: who it serves and how often (server.exams evaluates it)."""
+    """A free exam programme, as data: who it serves and how often (server.domain.exams evaluates it)."""
 
     __tablename__ = "exam_programmes"
 
@@ -405,7 +424,7 @@ class Couple(Base):
 
 class CardRevocation(Base):
     """The revocation list as a journal: `seq` numbers the list's versions, so a kiosk fetches
-    only what was added since the version it holds (server.provisioning)."""
+    only what was added since the version it holds (server.services.provisioning)."""
 
     __tablename__ = "card_revocations"
 

@@ -29,7 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server.models import (
+from server.store.models import (
     Authorization,
     AuthorizationStatus,
     Card,
@@ -48,7 +48,7 @@ from server.models import (
 # What a duplicate key raises, through SQLAlchemy (CoreLedger) or straight from psycopg (PgLedger).
 INTEGRITY_ERRORS: tuple[type[Exception], ...] = (IntegrityError, psycopg.IntegrityError)
 
-# Units used per category and day: {"condom": {date: 3}}, as server.rules takes it.
+# Units used per category and day: {"condom": {date: 3}}, as server.domain.rules takes it.
 UsageByCategory = dict[str, dict[dt.date, int]]
 
 

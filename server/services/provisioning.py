@@ -1,4 +1,4 @@
-"""Card provisioning and the card lifecycle at the server (issue 3): the `/api/v1` calls a
+"""Card provisioning and the card lifecycle at the server (issue 3): the operations behind the `/api/v1` calls (server/api/provisioning.py) a
 technician's `onecard card provision|renew|replace|unblock-pin` and a kiosk's revocation
 download use, and the service functions behind them.
 
@@ -43,7 +43,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -51,22 +50,13 @@ from cardsvc.ca import CardCA
 from cardsvc.profile import Chuid
 from cardsvc.requestsig import canonical_json
 from cardsvc.verify import load_certificate
-from server import audit, services
-from server.api import (
-    _commit_with_nonce,
-    _spend_nonce_anyway,
-    answer_once,
-    authenticated_kiosk,
-    field_int,
-    field_str,
-    idempotency_key,
-    json_body,
-)
 from server.config import ConfigError, ServerConfig, _key_location, _secret_key
-from server.db import db
 from server.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceUnavailable
-from server.models import Card, CardRevocation, CardStatus, Resident, Role, StaffUser
+from server.services.context import Context
 from server.services.kiosks import revocation_version
+from server.services.people import in_scope
+from server.store import audit
+from server.store.models import Card, CardRevocation, CardStatus, Resident, Role, StaffUser
 
 EXTENSION_KEY = "onecard_provisioning"
 DEFAULT_VALID_DAYS = 5 * 365
@@ -76,9 +66,6 @@ GUID_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
 MAX_DELTA = 10_000
 TECHNICIANS = (Role.TECHNICIAN, Role.ADMINISTRATOR)
 
-provisioning = Blueprint("provisioning_v1", __name__, url_prefix="/api/v1")
-# A kiosk request that fails after authentication still spends its nonce (as in server.api).
-provisioning.after_request(_spend_nonce_anyway)
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -120,22 +107,6 @@ def load_config(overrides: Mapping[str, Any] | ServerConfig | None) -> Provision
     return ProvisioningConfig(master, ca, int(valid_days) if valid_days else DEFAULT_VALID_DAYS)
 
 
-def init_app(app: Flask, overrides: Mapping[str, Any] | ServerConfig | None = None) -> None:
-    """Load the provisioning secrets and register the blueprint (one line in server.app)."""
-    app.extensions[EXTENSION_KEY] = load_config(overrides)
-    app.register_blueprint(provisioning)
-
-
-def _config() -> ProvisioningConfig:
-    return current_app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
-
-
-def _ctx() -> services.Context:
-    from server.app import context_of
-
-    return context_of(current_app)
-
-
 # --- per-card secrets ---------------------------------------------------------------------------
 
 
@@ -163,7 +134,7 @@ def _secrets(cfg: ProvisioningConfig, guid: bytes) -> dict[str, str]:
 # --- services ------------------------------------------------------------------------------------
 
 
-def _signing_ca(ctx: services.Context, cfg: ProvisioningConfig) -> CardCA:
+def _signing_ca(ctx: Context, cfg: ProvisioningConfig) -> CardCA:
     if cfg.ca is None:
         raise ServiceUnavailable(
             "this server holds no card CA key (ONECARD_CARD_CA_DIR)", code="card_ca_not_configured"
@@ -180,13 +151,13 @@ def _scoped_resident(session: Session, user: StaffUser, resident_id: int) -> Res
     resident = session.get(Resident, resident_id)
     if resident is None:
         raise NotFound(f"no resident {resident_id}", code="resident_unknown")
-    if not services.in_scope(session, user, resident.region_id):
+    if not in_scope(session, user, resident.region_id):
         raise Forbidden("this resident lives outside your area", code="out_of_scope")
     return resident
 
 
 def _certify(
-    ctx: services.Context,
+    ctx: Context,
     cfg: ProvisioningConfig,
     public_key: ec.EllipticCurvePublicKey,
     guid: bytes,
@@ -209,7 +180,7 @@ def _certify(
 
 def certify_card(
     session: Session,
-    ctx: services.Context,
+    ctx: Context,
     cfg: ProvisioningConfig,
     user: StaffUser,
     resident_id: int,
@@ -275,7 +246,7 @@ def card_view(session: Session, user: StaffUser, guid_hex: str) -> dict[str, Any
 
 def card_secrets(
     session: Session,
-    ctx: services.Context,
+    ctx: Context,
     cfg: ProvisioningConfig,
     user: StaffUser,
     guid_hex: str,
@@ -302,7 +273,7 @@ def card_secrets(
 
 def renew_card(
     session: Session,
-    ctx: services.Context,
+    ctx: Context,
     cfg: ProvisioningConfig,
     user: StaffUser,
     guid_hex: str,
@@ -331,7 +302,7 @@ def renew_card(
     return {**answer, **_secrets(cfg, bytes.fromhex(card.guid))}
 
 
-def revocations_since(session: Session, ctx: services.Context, since: int) -> dict[str, Any]:
+def revocations_since(session: Session, ctx: Context, since: int) -> dict[str, Any]:
     """The revocation list after version `since`, signed by the server key. When `since` is
     ahead of the server (a restored database), the whole list is sent (`full`: true)."""
     version = revocation_version(session, ctx)
@@ -353,98 +324,3 @@ def revocations_since(session: Session, ctx: services.Context, since: int) -> di
     }
     signature = ctx.server_key.sign(canonical_json(body))
     return {**body, "signature": base64.b64encode(signature).decode()}
-
-
-# --- endpoints -------------------------------------------------------------------------------------
-
-
-def _technician() -> StaffUser:
-    session = db.session
-    user = services.authenticate_staff(session, request.headers.get("Authorization"), *TECHNICIANS)
-    return user
-
-
-def _b64_field(body: dict[str, Any], name: str) -> bytes:
-    try:
-        return base64.b64decode(field_str(body, name, 16_384), validate=True)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be base64", code="field_invalid", field=name) from None
-
-
-@provisioning.post("/cards/certificates")
-def create_card_certificate() -> tuple[Response, int]:
-    """Sign a card's certificate and CHUID; answer its management key and PUK."""
-    session = db.session
-    user_id = _technician().id
-    session.rollback()
-    key = idempotency_key(required=False)
-    body = json_body()
-    resident_id = field_int(body, "resident_id", 1, 2**63 - 1)
-    public_key_der = _b64_field(body, "public_key")
-    guid: bytes | None = None
-    if body.get("card_guid") is not None:
-        text = field_str(body, "card_guid", 32)
-        if not GUID_HEX.match(text):
-            raise InvalidRequest(
-                "card_guid must be 32 hex digits", code="field_invalid", field="card_guid"
-            )
-        guid = bytes.fromhex(text)
-
-    def operation() -> tuple[int, dict[str, Any]]:
-        user = session.get(StaffUser, user_id)
-        assert user is not None
-        return 201, certify_card(
-            session, _ctx(), _config(), user, resident_id, public_key_der, guid
-        )
-
-    return answer_once(f"user:{user_id}", key, operation)
-
-
-@provisioning.get("/cards/<guid>")
-def show_card(guid: str) -> Response:
-    """A card's holder (resident id only), status and expiry, for a technician."""
-    user = _technician()
-    answer = card_view(db.session, user, guid)
-    db.session.rollback()
-    return jsonify(answer)
-
-
-@provisioning.post("/cards/<guid>/secrets")
-def reveal_card_secrets(guid: str) -> Response:
-    """The card's management key and PUK (audited, with the purpose given)."""
-    session = db.session
-    user = _technician()
-    body = json_body()
-    purpose = field_str(body, "purpose", 64)
-    answer = card_secrets(session, _ctx(), _config(), user, guid, purpose)
-    session.commit()
-    return jsonify(answer)
-
-
-@provisioning.post("/cards/<guid>/renew")
-def renew(guid: str) -> tuple[Response, int]:
-    """A new certificate and CHUID with a new expiry for an active card's key."""
-    session = db.session
-    user_id = _technician().id
-    session.rollback()
-    key = idempotency_key(required=False)
-    json_body()
-
-    def operation() -> tuple[int, dict[str, Any]]:
-        user = session.get(StaffUser, user_id)
-        assert user is not None
-        return 200, renew_card(session, _ctx(), _config(), user, guid)
-
-    return answer_once(f"user:{user_id}", key, operation)
-
-
-@provisioning.get("/revocations")
-def revocations() -> Response:
-    """The signed revocation list after version `since` (kiosks and stations)."""
-    authenticated_kiosk()
-    raw = request.args.get("since", "0")
-    if not raw.isdigit() or len(raw) > 18:
-        raise InvalidRequest("since must be a version number", code="field_invalid", field="since")
-    answer = revocations_since(db.session, _ctx(), int(raw))
-    _commit_with_nonce()
-    return jsonify(answer)

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from server.models import AuditEntry
+from server.store.models import AuditEntry
 
 GENESIS = "0" * 64
 _ADVISORY_LOCK_ID = 0x0AC0_A0D1

@@ -30,8 +30,16 @@ class PeriodKind(StrEnum):
 
 
 class Reason(StrEnum):
-    """Refusal reasons decided here; the stable codes of docs/interfaces.md."""
+    """Every reason a tap is refused, with the stable codes of docs/interfaces.md: the rules
+    decide the last two; the card and tap checks (server.services.dispensing) the others. The
+    same enum is the `reason` of the answer's schema."""
 
+    CARD_UNKNOWN = "card_unknown"
+    CARD_REVOKED = "card_revoked"
+    PROOF_INVALID = "proof_invalid"
+    PROOF_STALE = "proof_stale"
+    COUNTER_REPLAYED = "counter_replayed"
+    SLOT_UNKNOWN = "slot_unknown"
     LIMIT_REACHED = "limit_reached"
     NOT_ELIGIBLE = "not_eligible"
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from server.rules import Holder, age_on
+from server.domain.rules import Holder, age_on
 
 
 class ExamReason(StrEnum):

@@ -1,6 +1,6 @@
 """Alembic environment for the OneCard server.
 
-The URL comes from `config.attributes["connection"]` (server.migrate passes an open connection),
+The URL comes from `config.attributes["connection"]` (server.store.migrate passes an open connection),
 else the `sqlalchemy.url` option, else ONECARD_DATABASE_URL.
 """
 
@@ -10,8 +10,8 @@ import os
 
 from alembic import context
 
-from server.db import make_engine
-from server.models import Base
+from server.store.db import make_engine
+from server.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,8 +1,8 @@
-"""Server-side functions for the kiosk hot path on PostgreSQL (server.ledger.PgLedger).
+"""Server-side functions for the kiosk hot path on PostgreSQL (server.store.ledger.PgLedger).
 
 Each function is one round trip of an authorization or a settlement; the Python service keeps the
 decisions (signatures, card proof, rules) and calls them in between. SQLite has no functions: its
-ledger (server.ledger.CoreLedger) runs the same steps as single statements in-process.
+ledger (server.store.ledger.CoreLedger) runs the same steps as single statements in-process.
 
 Revision ID: 0007
 Revises: 0006

@@ -1,0 +1,2 @@
+"""Pure domain rules: entitlement rules and exam eligibility. Values in, values out; no database,
+no Flask, no clock of their own."""

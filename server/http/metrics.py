@@ -1,0 +1,174 @@
+"""Prometheus metrics at `/metrics`, true under gunicorn's several workers.
+
+Counted per request (prometheus_client): requests by endpoint, method and status; their latency
+as a histogram; authorization answers by outcome. Under gunicorn every worker is its own process
+with its own counters, and a scrape reaches one of them: so the server uses prometheus_client's
+multiprocess mode whenever `PROMETHEUS_MULTIPROC_DIR` is set (server.gunicorn_config sets it for
+the workers and cleans it): each worker writes its counts to files in that directory and a
+scrape sums every worker's, alive or dead. Without it (one process: the development server, the
+tests) the counts live in a registry of the application's own.
+
+Read from the database at scrape time: open reservations and the age of the oldest (a
+reservation is never released silently, so its age is watched).
+
+Who may scrape: with `ONECARD_METRICS_TOKEN` set, a request bearing `Authorization: Bearer
+<token>`; without it, only a client on the loopback address that came through no proxy (no
+`X-Forwarded-For`). The reverse proxy (deploy/nginx) does not pass `/metrics` at all.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import time
+from collections.abc import Iterator
+
+from flask import Flask, Response, current_app, g, request
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from server.errors import Forbidden, Unauthenticated
+from server.services.context import Context
+from server.store.audit import as_utc
+from server.store.db import db
+from server.store.models import Authorization, AuthorizationStatus
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+TOKEN_ENV = "ONECARD_METRICS_TOKEN"
+EXTENSION_KEY = "onecard_metrics"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+disable_created_metrics()  # `_created` series would double every counter's lines for no reader
+
+
+class Registry:
+    """The application's counters. In multiprocess mode their values go to the shared
+    directory; the registry they are made in only keeps them apart from another app's."""
+
+    def __init__(self) -> None:
+        self.own = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "onecard_http_requests",
+            "HTTP requests by endpoint, method and status.",
+            ["endpoint", "method", "status"],
+            registry=self.own,
+        )
+        self.latency = Histogram(
+            "onecard_http_request_duration_seconds",
+            "Time to answer, by endpoint.",
+            ["endpoint"],
+            buckets=BUCKETS,
+            registry=self.own,
+        )
+        self.outcomes = Counter(
+            "onecard_authorizations",
+            "Authorization answers by outcome.",
+            ["outcome"],
+            registry=self.own,
+        )
+
+    def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, method, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def authorization(self, outcome: str) -> None:
+        self.outcomes.labels(outcome).inc()
+
+    def scrape(self, database: Collector) -> bytes:
+        """The text exposition: every worker's counts (or this process's) and `database`'s."""
+        registry = CollectorRegistry(auto_describe=False)
+        if os.environ.get(MULTIPROCESS_ENV):
+            MultiProcessCollector(registry)
+        else:
+            registry.register(self.own)
+        registry.register(database)
+        return generate_latest(registry)
+
+
+class ReservationGauges(Collector):
+    """Open reservations and the age of the oldest, read when scraped."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # read at scrape time only, never when registered
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        session = db.session
+        count, oldest = session.execute(
+            select(func.count(), func.min(Authorization.created_at)).where(
+                Authorization.status == AuthorizationStatus.RESERVED
+            )
+        ).one()
+        session.rollback()
+        age = 0.0 if oldest is None else (self.context.now() - as_utc(oldest)).total_seconds()
+        yield GaugeMetricFamily(
+            "onecard_open_reservations",
+            "Authorizations reserved and not yet captured or voided.",
+            value=count,
+        )
+        yield GaugeMetricFamily(
+            "onecard_oldest_reservation_age_seconds",
+            "Age of the oldest open reservation.",
+            value=max(0.0, round(age)),
+        )
+
+
+def check_scraper() -> None:
+    """Refuse a scrape that is neither tokened nor local (see the module docstring)."""
+    token = os.environ.get(TOKEN_ENV) or current_app.config.get(TOKEN_ENV)
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Unauthenticated("a metrics bearer token is required", code="token_invalid")
+        return
+    try:
+        local = ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        local = False
+    if not local or "X-Forwarded-For" in request.headers:
+        raise Forbidden(
+            f"metrics are served to loopback clients only unless {TOKEN_ENV} is set",
+            code="metrics_not_public",
+        )
+
+
+def init_app(app: Flask, context: Context) -> None:
+    registry = Registry()
+    app.extensions[EXTENSION_KEY] = registry
+    gauges = ReservationGauges(context)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g._onecard_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        started = g.get("_onecard_started")
+        if started is not None:
+            endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+            registry.observe(
+                endpoint, request.method, response.status_code, time.perf_counter() - started
+            )
+        return response
+
+    @app.get("/metrics")
+    def _metrics() -> Response:
+        check_scraper()
+        return Response(registry.scrape(gauges), mimetype=CONTENT_TYPE)
+
+
+def registry_of(app: Flask) -> Registry:
+    return app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]

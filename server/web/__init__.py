@@ -1,0 +1,1 @@
+"""Staff pages, apart from the JSON API: the station desk, and the pages per role."""
