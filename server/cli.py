@@ -1,54 +1,148 @@
-"""`onecard server ...`: init-db, seed-demo, add-kiosk, create-user, run.
+"""`onecard server ...`: init-db, seed-demo, add-kiosk, add-station, create-user, verify-audit,
+prune, health, keygen-secrets, backup, restore, run.
 
 `main(argv) -> exit status`; the `onecard` console script delegates its `server` subcommand here.
-Configuration comes from the environment (server.config), as in production.
+Configuration comes from the environment (server.config), as in production. Errors are one line
+on standard error, never a traceback, with the exit status saying what kind:
+
+    0 done; 1 the operation failed (refused, audit chain broken, backup not usable);
+    2 the configuration is wrong (a setting missing, malformed or naming an unreadable file);
+    3 the database cannot be reached (or answered with an error).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
+import datetime as dt
+import getpass
 import json
+import os
+import secrets
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from server.config import ConfigError, ServerConfig
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from server.config import SECRETS, ConfigError, ServerConfig, database_url_of, settings_reader
 from server.errors import ApiError
-from server.models import Role
+from server.services import health
+from server.store import backup as backups
+from server.store.audit import verify_chain
+from server.store.models import Role
+
+EXIT_FAILED = 1
+EXIT_CONFIGURATION = 2
+EXIT_DATABASE = 3
+
+SERVER_ENVIRONMENT = """environment:
+  ONECARD_DATABASE_URL          SQLAlchemy URL (postgresql://... or sqlite:///...);
+                                default: SQLite in ONECARD_DATA_DIR
+  ONECARD_DATA_DIR              default SQLite file and development key files (./var)
+  ONECARD_PRODUCTION            1: production mode (default on PostgreSQL); 0: development
+  ONECARD_FIELD_KEY[_FILE]      base64 of 32 bytes: encrypts residents' personal fields
+  ONECARD_SERVER_KEY[_FILE]     base64 of a 32-byte Ed25519 key: signs kiosk configurations
+  ONECARD_CARD_MASTER_KEY[_FILE] base64 of 32 bytes: cards' management keys and PUKs
+  ONECARD_CARD_CA_CERT          the city card CA certificate (PEM or DER)
+  ONECARD_CARD_CA_DIR           the card CA directory (ca-key.pem, ca-cert.pem): signs cards
+  ONECARD_CARD_VALID_DAYS       validity of new card certificates (1825)
+  ONECARD_TIMEZONE              the city's time zone (Asia/Shanghai)
+  ONECARD_CLOCK_SKEW            seconds a device's clock may be off (300)
+  ONECARD_LOG_LEVEL             run: log level of the JSON log lines (INFO)
+  ONECARD_BACKUP_PASSPHRASE     backup, restore: the passphrase (else asked on the terminal)
+
+In production mode the server never generates a secret: it refuses to start and names the
+first of the field key, signing key, card master secret and card CA certificate that is missing.
+
+exit status: 0 done, 1 failed, 2 configuration error, 3 database unreachable"""
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, about: str
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=about,
+        description=about,
+        epilog=SERVER_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="onecard server", description="The OneCard central server."
+        prog="onecard server",
+        description="The OneCard central server.",
+        epilog=SERVER_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("init-db", help="create or upgrade the schema (Alembic migrations)")
-    commands.add_parser(
+    _command(commands, "init-db", "create or upgrade the schema (Alembic migrations)")
+    _command(
+        commands,
         "seed-demo",
-        help="regions, the condom category (3 a month), a product and a resident; prints ids as JSON",
+        "regions, the condom category (3 a month), a product and a resident; prints ids as JSON",
     )
-    kiosk = commands.add_parser("add-kiosk", help="register a kiosk's device key and slots")
-    kiosk.add_argument("--id", required=True, dest="kiosk_id")
+    kiosk = _command(commands, "add-kiosk", "register a kiosk's device key and slots")
+    kiosk.add_argument("--id", required=True, dest="kiosk_id", help="the kiosk's id, e.g. K-0001")
     kiosk.add_argument("--public-key", required=True, help="base64 of the raw 32-byte Ed25519 key")
-    kiosk.add_argument("--slot", action="append", default=[], metavar="N=SKU", help="repeatable")
+    kiosk.add_argument(
+        "--slot", action="append", default=[], metavar="N=SKU", help="a slot's product; repeatable"
+    )
     kiosk.add_argument("--region", help="region code (default: the root region)")
-    station = commands.add_parser("add-station", help="register a service station's device key")
-    station.add_argument("--id", required=True, dest="station_id")
+    station = _command(commands, "add-station", "register a service station's device key")
+    station.add_argument(
+        "--id", required=True, dest="station_id", help="the station's id, e.g. ST-0001"
+    )
     station.add_argument(
         "--public-key", required=True, help="base64 of the raw 32-byte Ed25519 key"
     )
     station.add_argument("--region", help="region code (default: the root region)")
-    user = commands.add_parser("create-user", help="create a staff user; prints its bearer token")
-    user.add_argument("--name", required=True)
-    user.add_argument("--role", required=True, choices=[r.value for r in Role])
-    user.add_argument("--region", help="region code the user is scoped to (default: everywhere)")
-    commands.add_parser("verify-audit", help="check the audit log's hash chain; exit 1 if broken")
-    commands.add_parser("prune", help="forget spent nonces and idempotency records past their use")
-    run = commands.add_parser(
-        "run", help="serve the API (development server; use gunicorn in production)"
+    user = _command(commands, "create-user", "create a staff user; prints its bearer token")
+    user.add_argument("--name", required=True, help="the user's name")
+    user.add_argument(
+        "--role", required=True, choices=[r.value for r in Role], help="what the user may do"
     )
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8080)
+    user.add_argument("--region", help="region code the user is scoped to (default: everywhere)")
+    _command(commands, "verify-audit", "check the audit log's hash chain; exit 1 if broken")
+    _command(commands, "prune", "forget spent nonces and idempotency records past their use")
+    _command(commands, "health", "check the database and the schema; exit 1 if a part is down")
+    keygen = _command(
+        commands,
+        "keygen-secrets",
+        "create the field key, signing key and card master secret as files (once, at install)",
+    )
+    keygen.add_argument(
+        "--dir", required=True, type=Path, help="where to write them (e.g. /etc/onecard/keys)"
+    )
+    backup = _command(
+        commands,
+        "backup",
+        "write an encrypted backup of the database and the secrets (docs/backup.md)",
+    )
+    backup.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="the backup file, or a directory to write onecard-<UTC time>.backup into",
+    )
+    restore = _command(
+        commands, "restore", "put a backup back: secrets, then the database (stop the server)"
+    )
+    restore.add_argument("file", type=Path, help="the backup file")
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="replace key files and CA files that differ from the backup's",
+    )
+    run = _command(
+        commands, "run", "serve the API (development server; use gunicorn in production)"
+    )
+    run.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    run.add_argument("--port", type=int, default=8080, help="port to listen on")
     return parser
 
 
@@ -58,30 +152,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except ConfigError as exc:
         print(f"onecard server: configuration: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIGURATION
+    except DBAPIError as exc:
+        url = _redact(database_url_of(settings_reader({})))
+        print(f"onecard server: database {url}: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_DATABASE
+    except backups.BackupError as exc:
+        print(f"onecard server: {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except ApiError as exc:
         print(f"onecard server: {exc.code}: {exc.detail}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    # These work without a loadable configuration (a fresh machine has no secrets yet).
+    if args.command == "keygen-secrets":
+        return _keygen_secrets(args.dir)
+    if args.command == "backup":
+        return _backup(args.out)
+    if args.command == "restore":
+        return _restore(args.file, force=args.force)
+
     config = ServerConfig.load()
     if args.command == "init-db":
-        from server.migrate import upgrade
+        from server.store.migrate import upgrade
 
         upgrade(config.database_url)
         print(f"schema is up to date ({_redact(config.database_url)})")
         return 0
     if args.command == "run":
         from server.app import create_app
+        from server.http.requestlog import configure_logging
 
+        configure_logging()
         app = create_app(config)
         app.run(host=args.host, port=args.port, threaded=True)
         return 0
 
     from server import services
     from server.app import context_of, create_app
-    from server.db import db
+    from server.store.db import db
 
     app = create_app(config)
     ctx = context_of(app)
@@ -106,17 +217,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                 )
                 print(json.dumps({"station_id": station.id}))
             elif args.command == "verify-audit":
-                from server.audit import verify_chain
-
-                broken = verify_chain(session)
-                if broken is not None:
-                    print(f"audit log: the chain breaks at entry {broken}", file=sys.stderr)
-                    return 1
-                print("audit log: the chain is intact")
+                return _verify_audit(session)
             elif args.command == "prune":
                 nonces, records = services.prune(session, ctx)
                 session.commit()
                 print(json.dumps({"nonces": nonces, "idempotency_records": records}))
+            elif args.command == "health":
+                parts = health.check(session)
+                print(json.dumps({part.name: part.to_json() for part in parts}))
+                return 0 if all(part.status != health.DOWN for part in parts) else EXIT_FAILED
             elif args.command == "create-user":
                 token = services.create_user(
                     session, ctx, args.name, args.role, region_code=args.region
@@ -124,6 +233,78 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(token)
     finally:
         db.dispose(app)
+    return 0
+
+
+def _verify_audit(session: Session) -> int:
+    broken = verify_chain(session)
+    if broken is not None:
+        print(f"audit log: the chain breaks at entry {broken}", file=sys.stderr)
+        return EXIT_FAILED
+    print("audit log: the chain is intact")
+    return 0
+
+
+def _passphrase(*, confirm: bool) -> str:
+    given = os.environ.get(backups.PASSPHRASE_SETTING)
+    if given:
+        return given
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"{backups.PASSPHRASE_SETTING} is not set and there is no terminal to ask"
+        )
+    first = getpass.getpass("backup passphrase: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise ConfigError("the two passphrases differ")
+    return first
+
+
+def _backup(out: Path) -> int:
+    if out.is_dir():
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = out / f"onecard-{stamp}.backup"
+    manifest = backups.backup(out, _passphrase(confirm=True))
+    revisions = ", ".join(manifest["database"]["schema_revisions"]) or "none"
+    print(
+        f"backup written to {out}: {manifest['database']['kind']} database at schema "
+        f"{revisions}, {len(manifest['files'])} files with SHA-256 in the manifest"
+    )
+    return 0
+
+
+def _restore(path: Path, *, force: bool) -> int:
+    summary = backups.restore(path, _passphrase(confirm=False), force=force)
+    print(
+        f"restored the {summary.database} database of {summary.created} "
+        f"(schema {', '.join(summary.schema_revisions) or 'none'}; {summary.files} files checked)"
+    )
+    for written in summary.keys_written:
+        print(f"  key written: {written}")
+    for note in summary.notes:
+        print(f"  note: {note}")
+    print("next: `onecard server init-db` (if this version is newer), then start the server")
+    from server.app import create_app
+    from server.store.db import db
+
+    app = create_app(ServerConfig.load())
+    try:
+        with db.bound(app).sessionmaker() as session:
+            return _verify_audit(session)
+    finally:
+        db.dispose(app)
+
+
+def _keygen_secrets(directory: Path) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    targets = [directory / secret.file_name for secret in SECRETS]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing:
+        raise ConfigError(f"refusing to overwrite {', '.join(existing)}")
+    for secret, target in zip(SECRETS, targets, strict=True):
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        print(f"{secret.setting}_FILE={target}")
     return 0
 
 
@@ -137,12 +318,17 @@ def _slots(specs: Sequence[str]) -> dict[int, str]:
     return slots
 
 
+def _first_line(exc: DBAPIError) -> str:
+    lines = str(exc.orig).strip().splitlines() if exc.orig is not None else []
+    return lines[0] if lines else type(exc).__name__
+
+
 def _redact(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if "@" in rest:
         credentials, _, host = rest.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}{sep}{user}:***@{host}"
+        user, colon, _password = credentials.partition(":")
+        return f"{scheme}{sep}{user}{':***' if colon else ''}@{host}"
     return url
 
 

@@ -9,6 +9,14 @@
 | `ONECARD_SERVER_KEY` | base64 of a 32-byte Ed25519 private key: signs kiosk configurations | a key file, placed as for the field key (`server-signing.key`) |
 | `ONECARD_TIMEZONE` | the city's time zone; calendar months and years are counted in it | `Asia/Shanghai` |
 | `ONECARD_CLOCK_SKEW` | seconds a kiosk's X-Timestamp or a tap's time may differ from the server's clock | `300` |
+| `ONECARD_PRODUCTION` | `1`: production mode; `0`: development mode even on PostgreSQL | `1` on PostgreSQL, else `0` |
+| `ONECARD_FIELD_KEY_FILE`, `ONECARD_SERVER_KEY_FILE`, `ONECARD_CARD_MASTER_KEY_FILE` | a file holding the key's base64 instead of the value in the environment | none |
+
+Production mode never invents a secret: the server refuses to start unless the field key, the
+signing key, the card master secret (each as a value or a `_FILE`) and the card CA certificate
+are configured, and names the first that is missing. (Development key files, created on first
+use, are right for one SQLite file; two servers on one PostgreSQL database would each invent a
+different field key.)
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 DEFAULT_CLOCK_SKEW = 300
@@ -30,6 +39,24 @@ MAX_BODY_BYTES = 64 * 1024
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says which setting and why."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """One of the server's 32-byte secrets: its setting's name and its development file name."""
+
+    setting: str
+    file_name: str
+
+
+FIELD_KEY = Secret("ONECARD_FIELD_KEY", "field.key")
+SIGNING_KEY = Secret("ONECARD_SERVER_KEY", "server-signing.key")
+CARD_MASTER_KEY = Secret("ONECARD_CARD_MASTER_KEY", "card-master.key")
+SECRETS = (FIELD_KEY, SIGNING_KEY, CARD_MASTER_KEY)
+CARD_CA_CERT = "ONECARD_CARD_CA_CERT"
+CARD_CA_DIR = "ONECARD_CARD_CA_DIR"
+
+Setting = Callable[[str], Any]
 
 
 @dataclass(frozen=True)
@@ -43,6 +70,7 @@ class ServerConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     # Injected in tests; the server reads the time only through this.
     clock: Callable[[], float] | None = field(default=None, compare=False)
+    production: bool = False
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None) -> ServerConfig:
@@ -52,44 +80,123 @@ class ServerConfig:
         `ONECARD_CARD_CA_DER` (bytes) and `ONECARD_CLOCK` (a callable returning Unix seconds).
         """
         given = dict(overrides or {})
-
-        def setting(name: str) -> Any:
-            if name in given:
-                return given[name]
-            return os.environ.get(name)
-
-        data_dir = Path(setting("ONECARD_DATA_DIR") or "var")
-        database_url = normalise_database_url(
-            setting("ONECARD_DATABASE_URL") or f"sqlite:///{(data_dir / 'onecard.db').resolve()}"
-        )
+        setting = settings_reader(given)
+        database_url = database_url_of(setting)
         if database_url.startswith("sqlite:///") and ":memory:" not in database_url:
             Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-
-        key_dir, key_prefix = _key_location(database_url, data_dir)
-        field_key = _secret_key(
-            setting("ONECARD_FIELD_KEY"), key_dir / f"{key_prefix}field.key", "ONECARD_FIELD_KEY"
-        )
-        server_key = _secret_key(
-            setting("ONECARD_SERVER_KEY"),
-            key_dir / f"{key_prefix}server-signing.key",
-            "ONECARD_SERVER_KEY",
-        )
-
+        production = is_production(setting, database_url)
         ca_der = given.get("ONECARD_CARD_CA_DER")
-        ca_path = setting("ONECARD_CARD_CA_CERT")
+        if production:
+            require_production_settings(setting, ca_der_given=ca_der is not None)
+
+        field_key = secret_key(setting, FIELD_KEY, production=production)
+        server_key = secret_key(setting, SIGNING_KEY, production=production)
+        ca_path = setting(CARD_CA_CERT)
         if ca_der is None and ca_path:
             ca_der = load_certificate_der(Path(ca_path))
 
-        skew = setting("ONECARD_CLOCK_SKEW")
         return cls(
             database_url=database_url,
             field_key=field_key,
             card_ca_der=ca_der,
             server_key=server_key,
             timezone=setting("ONECARD_TIMEZONE") or DEFAULT_TIMEZONE,
-            clock_skew=int(skew) if skew not in (None, "") else DEFAULT_CLOCK_SKEW,
+            clock_skew=whole_number(setting, "ONECARD_CLOCK_SKEW", DEFAULT_CLOCK_SKEW),
             clock=given.get("ONECARD_CLOCK"),
+            production=production,
         )
+
+
+def settings_reader(given: Mapping[str, Any]) -> Setting:
+    """A setting by name: from `given` first, then the environment (None when unset)."""
+
+    def setting(name: str) -> Any:
+        if name in given:
+            return given[name]
+        return os.environ.get(name)
+
+    return setting
+
+
+def database_url_of(setting: Setting) -> str:
+    data_dir = Path(setting("ONECARD_DATA_DIR") or "var")
+    return normalise_database_url(
+        setting("ONECARD_DATABASE_URL") or f"sqlite:///{(data_dir / 'onecard.db').resolve()}"
+    )
+
+
+def is_production(setting: Setting, database_url: str) -> bool:
+    """ONECARD_PRODUCTION when set; otherwise production exactly when the database is PostgreSQL."""
+    value = setting("ONECARD_PRODUCTION")
+    if value in (None, ""):
+        return database_url.startswith("postgresql")
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"ONECARD_PRODUCTION must be 1 or 0, got {value!r}")
+
+
+def require_production_settings(setting: Setting, *, ca_der_given: bool = False) -> None:
+    """Production mode: every secret and the card CA certificate must be configured."""
+    for secret in SECRETS:
+        if not setting(secret.setting) and not setting(secret.setting + "_FILE"):
+            raise ConfigError(
+                f"production mode: {secret.setting} (or {secret.setting}_FILE) is not set; "
+                "a production server never generates its secrets"
+            )
+    if not ca_der_given and not setting(CARD_CA_CERT):
+        raise ConfigError(f"production mode: {CARD_CA_CERT} (the city card CA) is not set")
+
+
+def whole_number(setting: Setting, name: str, default: int) -> int:
+    value = setting(name)
+    if value in (None, ""):
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{name} must not be negative, got {value!r}")
+    return number
+
+
+def development_key_path(setting: Setting, secret: Secret) -> Path:
+    """Where the development key file of `secret` lives for this configuration."""
+    data_dir = Path(setting("ONECARD_DATA_DIR") or "var")
+    key_dir, prefix = _key_location(database_url_of(setting), data_dir)
+    return key_dir / f"{prefix}{secret.file_name}"
+
+
+def secret_key(setting: Setting, secret: Secret, *, production: bool) -> bytes:
+    """The secret's 32 bytes: its value, else its `_FILE`, else (development only) the
+    development key file, created on first use."""
+    value = setting(secret.setting)
+    if value:
+        return _decode_key(str(value), secret.setting)
+    file_setting = secret.setting + "_FILE"
+    path = setting(file_setting)
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{file_setting}: cannot read {path}: {exc.strerror}") from None
+        return _decode_key(text.strip(), f"{file_setting} ({path})")
+    if production:
+        raise ConfigError(f"production mode: {secret.setting} (or {file_setting}) is not set")
+    return _secret_key(None, development_key_path(setting, secret), secret.setting)
+
+
+def _decode_key(text: str, name: str) -> bytes:
+    try:
+        key = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ConfigError(f"{name} must be base64 of 32 bytes") from None
+    if len(key) != 32:
+        raise ConfigError(f"{name} must be 32 bytes, got {len(key)}")
+    return key
 
 
 def normalise_database_url(url: str) -> str:
@@ -112,8 +219,6 @@ def load_certificate_der(path: Path) -> bytes:
             cert = x509.load_der_x509_certificate(raw)
     except ValueError as exc:
         raise ConfigError(f"ONECARD_CARD_CA_CERT: {path} is not a certificate: {exc}") from exc
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     return cert.public_bytes(Encoding.DER)
 
 
@@ -130,13 +235,7 @@ def _key_location(database_url: str, data_dir: Path) -> tuple[Path, str]:
 def _secret_key(value: str | None, path: Path, name: str) -> bytes:
     """32 secret bytes from the setting, else from a key file (created once, mode 0600)."""
     if value:
-        try:
-            key = base64.b64decode(value, validate=True)
-        except ValueError as exc:
-            raise ConfigError(f"{name} must be base64 of 32 bytes") from exc
-        if len(key) != 32:
-            raise ConfigError(f"{name} must be 32 bytes, got {len(key)}")
-        return key
+        return _decode_key(value, name)
     # Development default: a key file in the data directory, created once.
     if path.exists():
         try:

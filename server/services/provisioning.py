@@ -33,12 +33,10 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-import os
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -50,7 +48,17 @@ from cardsvc.ca import CardCA
 from cardsvc.profile import Chuid
 from cardsvc.requestsig import canonical_json
 from cardsvc.verify import load_certificate
-from server.config import ConfigError, ServerConfig, _key_location, _secret_key
+from server.config import (
+    CARD_CA_DIR,
+    CARD_MASTER_KEY,
+    ConfigError,
+    ServerConfig,
+    database_url_of,
+    is_production,
+    secret_key,
+    settings_reader,
+    whole_number,
+)
 from server.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceUnavailable
 from server.services.context import Context
 from server.services.kiosks import revocation_version
@@ -80,31 +88,22 @@ class ProvisioningConfig:
 
 def load_config(overrides: Mapping[str, Any] | ServerConfig | None) -> ProvisioningConfig:
     given = dict(overrides) if isinstance(overrides, Mapping) else {}
-
-    def setting(name: str) -> Any:
-        return given[name] if name in given else os.environ.get(name)
-
-    data_dir = Path(setting("ONECARD_DATA_DIR") or "var")
-    database_url = (
-        overrides.database_url
+    setting = settings_reader(given)
+    production = (
+        overrides.production
         if isinstance(overrides, ServerConfig)
-        else setting("ONECARD_DATABASE_URL") or f"sqlite:///{(data_dir / 'onecard.db').resolve()}"
+        else is_production(setting, database_url_of(setting))
     )
-    key_dir, prefix = _key_location(database_url, data_dir)
-    master = _secret_key(
-        setting("ONECARD_CARD_MASTER_KEY"),
-        key_dir / f"{prefix}card-master.key",
-        "ONECARD_CARD_MASTER_KEY",
-    )
-    ca_dir = setting("ONECARD_CARD_CA_DIR")
+    master = secret_key(setting, CARD_MASTER_KEY, production=production)
+    ca_dir = setting(CARD_CA_DIR)
     ca = None
     if ca_dir:
         try:
             ca = CardCA.load(ca_dir)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"ONECARD_CARD_CA_DIR: cannot load the card CA: {exc}") from exc
-    valid_days = setting("ONECARD_CARD_VALID_DAYS")
-    return ProvisioningConfig(master, ca, int(valid_days) if valid_days else DEFAULT_VALID_DAYS)
+    valid_days = whole_number(setting, "ONECARD_CARD_VALID_DAYS", DEFAULT_VALID_DAYS)
+    return ProvisioningConfig(master, ca, valid_days)
 
 
 # --- per-card secrets ---------------------------------------------------------------------------
