@@ -12,7 +12,7 @@ from flask import Flask
 
 from server.api import kiosk, provisioning, public, staff, station
 from server.config import ServerConfig
-from server.http import framework, metrics, problems
+from server.http import framework, metrics, problems, requestlog
 from server.services import Context
 from server.store.db import db
 from server.store.fieldcrypto import FieldCipher
@@ -51,6 +51,7 @@ def create_app(config: Mapping[str, Any] | ServerConfig | None = None) -> Flask:
     )
     db.init_app(app, settings.database_url)
     problems.register(app)
+    requestlog.init_app(app)
     framework.init_app(app, context)
     metrics.init_app(app, context)
     for blueprint in (*API_BLUEPRINTS, station_page.pages):

@@ -14,10 +14,26 @@ more context switches); more processes than cores measured lower still. gthread 
 connections alive between calls (the sync worker closes each one). Each worker's pool
 (server.store.db: 20 + 80 overflow) must cover its threads, and workers x threads must stay below
 PostgreSQL's max_connections.
+
+Logs are JSON lines on standard output (server.http.requestlog), one per request with its
+request id. A configuration the server cannot start with (production mode without a secret, a
+malformed value) is one line on standard error and exit status 3, which gunicorn takes as "the
+worker failed to boot" and stops instead of restarting workers forever.
 """
 
 from __future__ import annotations
 
-from server.app import create_app
+import sys
 
-app = create_app()
+from server.app import create_app
+from server.config import ConfigError
+from server.http.requestlog import configure_logging
+
+WORKER_BOOT_ERROR = 3  # gunicorn's exit status for a worker that cannot boot: the master halts
+
+configure_logging()
+try:
+    app = create_app()
+except ConfigError as exc:
+    print(f"onecard server: configuration: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(WORKER_BOOT_ERROR) from None

@@ -2,7 +2,8 @@
 deploy/nginx/onecard.conf, a test CA and server certificate, in front of the server on a real
 port; the kiosk's own client authorizes and captures through it, verifying the proxy against
 the configured CA; given another CA it refuses to talk; /metrics is not exposed; HSTS is sent;
-bodies over 64 KiB are refused at the proxy; plain HTTP redirects to HTTPS."""
+bodies over 64 KiB are refused at the proxy; plain HTTP redirects to HTTPS; the request id
+passes through."""
 
 from __future__ import annotations
 
@@ -84,8 +85,16 @@ def test_the_proxy_hides_metrics_limits_bodies_and_sends_hsts(
     running, pki = proxy
     ca = str(pki.ca_path)  # per call: a Session's verify loses to REQUESTS_CA_BUNDLE
     with requests.Session() as http:
-        health = http.get(running.url + "/api/v1/health", verify=ca, timeout=10)
+        health = http.get(
+            running.url + "/api/v1/health",
+            headers={"X-Request-Id": "kiosk-call-1"},
+            verify=ca,
+            timeout=10,
+        )
         assert health.status_code == 200
+        assert health.headers["X-Request-Id"] == "kiosk-call-1"  # passed on, echoed back
+        unnamed = http.get(running.url + "/api/v1/health", verify=ca, timeout=10)
+        assert re.fullmatch(r"[0-9a-f]{32}", unnamed.headers["X-Request-Id"])  # nginx's own
         assert health.headers["Strict-Transport-Security"].startswith("max-age=63072000")
         assert requests.get(live_server + "/metrics", timeout=10).status_code == 200
         hidden = http.get(running.url + "/metrics", verify=ca, timeout=10)
