@@ -215,12 +215,12 @@ def test_device_library_is_imported_in_one_module(library: str) -> None:
     assert importers == ONLY_IMPORTER[library]
 
 
-@pytest.mark.parametrize("package", ["kiosk", "cardsvc", "firmware_protocols"])
+@pytest.mark.parametrize("package", ["kiosk", "cardsvc", "firmware_protocols", "server"])
 def test_no_project_import_inside_a_function(package: str) -> None:
     assert imports_inside_functions(package) == []
 
 
-@pytest.mark.parametrize("package", ["kiosk", "cardsvc", "firmware_protocols"])
+@pytest.mark.parametrize("package", ["kiosk", "cardsvc", "firmware_protocols", "server"])
 def test_no_import_cycle(package: str) -> None:
     assert import_cycles(package) == []
 
@@ -243,3 +243,48 @@ def test_the_checkers_see_what_they_look_for(
     monkeypatch.setattr(__name__ + ".ROOT", tmp_path)
     assert import_cycles("kiosk_sample") == [["kiosk_sample.a", "kiosk_sample.b"]]
     assert imports_inside_functions("kiosk_sample") == ["kiosk_sample/sub/c.py:5 imports kiosk"]
+
+
+# The server's layers (../shared/ARCHITECTURE.md, "The server's layout"): each may import itself
+# and the layers listed, never one above it. server.errors and server.config are leaves anyone
+# may use; server.app, .cli, .wsgi, .demo and .synthetic are the wiring on top.
+SERVER_LEAVES = {"server.errors", "server.config"}
+SERVER_LAYERS = {
+    "server.domain": set(),
+    "server.store": {"server.domain"},
+    "server.services": {"server.store", "server.domain"},
+    "server.http": {"server.services", "server.store", "server.domain"},
+    "server.api": {"server.http", "server.services", "server.store", "server.domain"},
+    "server.web": {"server.http", "server.services", "server.store", "server.domain"},
+}
+# The pure domain uses no database, web framework or clock of its own.
+DOMAIN_FORBIDDEN = {"sqlalchemy", "flask", "alembic", "psycopg", "requests", "time"}
+
+
+def _server_layer(name: str) -> str | None:
+    return next((layer for layer in SERVER_LAYERS if name == layer or name.startswith(layer + ".")), None)
+
+
+@pytest.mark.parametrize("layer", sorted(SERVER_LAYERS))
+def test_server_layers_import_only_downward(layer: str) -> None:
+    allowed = SERVER_LAYERS[layer] | {layer}
+    bad = []
+    for path in sources(layer.replace(".", "/")):
+        for name in imports_of(path):
+            parts = name.split(".")
+            if parts[0] != "server" or len(parts) < 2 or ".".join(parts[:2]) in SERVER_LEAVES:
+                continue  # not ours, or a leaf (`from server.errors import X` names server.errors.X)
+            target = _server_layer(name)
+            if target not in allowed:
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert bad == []
+
+
+def test_the_domain_is_pure() -> None:
+    bad = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sources("server/domain")
+        for name in imports_of(path)
+        if name.split(".")[0] in DOMAIN_FORBIDDEN
+    ]
+    assert bad == []

@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
 from cardsvc.errors import CardVerificationError, VerificationFailure
@@ -34,11 +34,9 @@ from server.store import audit, ledger
 from server.store.models import (
     Authorization,
     AuthorizationStatus,
-    Card,
     CardStatus,
     Category,
     EntitlementRule,
-    Kiosk,
     KioskSlot,
     PeriodKindColumn,
     Product,
@@ -74,51 +72,65 @@ class TappedCard:
     resident_id: int
 
 
-def _card_refusal(
+def tap_time(challenge: TapChallenge) -> dt.datetime | None:
+    """When the card was tapped, by the kiosk's clock; None for a time off the calendar."""
+    try:
+        return dt.datetime.fromtimestamp(challenge.time_ms / 1000, dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def check_card(
     ctx: Context,
     card: ledger.CardRow | None,
     challenge: TapChallenge,
     signature: bytes,
     now: dt.datetime,
-) -> dict[str, Any] | None:
-    """Why a tap's card is refused (a refusal answer), or None: the card is registered and
-    active, the tap is fresh, and the proof verifies with the certificate recorded at issuance."""
+    *,
+    as_of_tap: bool = False,
+) -> tuple[rules.Reason, str] | None:
+    """The one check of a tapped card, for every path that takes a tap (authorize, a station's
+    check, the offline sync): why it is refused, or None. The card is registered and active, the
+    tap is fresh, and the proof verifies with the certificate recorded at issuance.
+
+    `as_of_tap` (the offline sync: the item already dropped) checks the proof as of the moment of
+    the tap and leaves the card's status and the tap's age to the caller, who flags them."""
     if card is None:
-        return refusal(rules.Reason.CARD_UNKNOWN, "this card is not registered")
-    if card.status is not CardStatus.ACTIVE:
-        return refusal(rules.Reason.CARD_REVOKED, f"this card is {card.status.value}")
-    if abs(challenge.time_ms / 1000 - now.timestamp()) > ctx.clock_skew:
-        return refusal(rules.Reason.PROOF_STALE, "the tap is too old or from the future")
+        return rules.Reason.CARD_UNKNOWN, "this card is not registered"
+    tapped_at = tap_time(challenge)
+    if tapped_at is None:
+        return rules.Reason.PROOF_STALE, "the tap's time is not a date"
+    if not as_of_tap:
+        if card.status is not CardStatus.ACTIVE:
+            return rules.Reason.CARD_REVOKED, f"this card is {card.status.value}"
+        if abs((tapped_at - now).total_seconds()) > ctx.clock_skew:
+            return rules.Reason.PROOF_STALE, "the tap is too old or from the future"
     try:
         verify_tap(
             _parsed_certificate(card.certificate),
             _parsed_certificate(ctx.card_ca_der),  # type: ignore[arg-type]
             challenge,
             signature,
-            now=now,
+            now=tapped_at if as_of_tap else now,
         )
     except CardVerificationError as exc:
-        return refusal(_VERIFICATION_REASON.get(exc.reason, rules.Reason.PROOF_INVALID), str(exc))
+        return _VERIFICATION_REASON.get(exc.reason, rules.Reason.PROOF_INVALID), str(exc)
     return None
 
 
 def check_tap(
     session: Session, ctx: Context, device_id: str, challenge: TapChallenge, signature: bytes
 ) -> tuple[TappedCard, dt.datetime] | dict[str, Any]:
-    """The card behind a tap at a station, or a refusal (see _card_refusal); the device's counter
+    """The card behind a tap at a station, or a refusal (see check_card); the device's counter
     grows (advanced here, so a proof is used once)."""
-    connection = _connection(session)
-    row = connection.execute(ledger.CARD_BY_GUID, {"b_guid": challenge.card_guid.hex()}).first()
-    card = ledger.CardRow(row.id, row.resident_id, row.status, row.certificate) if row else None
+    store = ledger.ledger_for(session)
+    card = store.cards([challenge.card_guid.hex()]).get(challenge.card_guid.hex())
     now = ctx.now()
-    refused = _card_refusal(ctx, card, challenge, signature, now)
+    refused = check_card(ctx, card, challenge, signature, now)
     if refused is not None:
-        return refused
+        return refusal(*refused)
     assert card is not None
-    advanced = connection.execute(
-        ledger.ADVANCE_COUNTER, {"b_device": device_id, "b_counter": challenge.counter}
-    )
-    if advanced.rowcount != 1:
+    if not store.advance_counter(device_id, challenge.counter):
         return refusal(rules.Reason.COUNTER_REPLAYED, "this tap was already used")
     return TappedCard(card.id, card.resident_id), now
 
@@ -152,9 +164,9 @@ def authorize(
     if product is None:
         return refusal(rules.Reason.SLOT_UNKNOWN, f"slot {slot} holds no product")
     now = ctx.now()
-    refused = _card_refusal(ctx, tap.card, challenge, signature, now)
+    refused = check_card(ctx, tap.card, challenge, signature, now)
     if refused is not None:
-        return refused
+        return refusal(*refused)
     card = tap.card
     assert card is not None
     today = ctx.today(now)
@@ -494,12 +506,8 @@ def sync_offline(
             )
         parsed.append((item, challenge, signature))
 
-    cards = {
-        card.guid: card
-        for card in session.scalars(
-            select(Card).where(Card.guid.in_({c.card_guid.hex() for _i, c, _s in parsed}))
-        )
-    }
+    store = ledger.ledger_for(session)
+    cards = store.cards(challenge.card_guid.hex() for _item, challenge, _sig in parsed)
     # Lock the people concerned in one order (no deadlock with another batch).
     resident_ids = sorted({card.resident_id for card in cards.values()})
     residents = {
@@ -526,34 +534,18 @@ def sync_offline(
         result: dict[str, Any] = {"txn_id": item.txn_id, "counter": challenge.counter}
         results.append(result)
         max_counter = max(max_counter, challenge.counter)
-        existing = session.scalar(
-            select(Authorization.id).where(
-                Authorization.kiosk_id == kiosk_id, Authorization.proof_counter == challenge.counter
-            )
-        )
+        existing = store.offline_authorization(kiosk_id, challenge.counter)
         if existing is not None:
             result.update(status="duplicate", authorization_id=existing)
             continue
         card = cards.get(challenge.card_guid.hex())
         slot_row = slots.get(item.slot)
-        tapped_at = dt.datetime.fromtimestamp(challenge.time_ms / 1000, dt.UTC)
-        problem = None
-        if slot_row is None:
-            problem = rules.Reason.SLOT_UNKNOWN
-        elif card is None:
-            problem = rules.Reason.CARD_UNKNOWN
-        else:
-            try:
-                # Checked as of the tap: a card valid then was valid for that dispense.
-                verify_tap(
-                    _parsed_certificate(card.certificate),
-                    _parsed_certificate(ctx.card_ca_der),
-                    challenge,
-                    signature,
-                    now=tapped_at,
-                )
-            except CardVerificationError as exc:
-                problem = _VERIFICATION_REASON.get(exc.reason, rules.Reason.PROOF_INVALID)
+        # Checked as of the tap: a card valid then was valid for that dispense.
+        problem = (
+            (rules.Reason.SLOT_UNKNOWN, "")
+            if slot_row is None
+            else check_card(ctx, card, challenge, signature, now, as_of_tap=True)
+        )
         if problem is not None:
             audit.append(
                 session,
@@ -562,16 +554,18 @@ def sync_offline(
                 action="offline.unattributed",
                 subject=f"kiosk:{kiosk_id}:{challenge.counter}",
                 detail={
-                    "reason": str(problem),
+                    "reason": str(problem[0]),
                     "card_guid": challenge.card_guid.hex(),
                     "slot": item.slot,
                     "quantity": item.quantity,
                     "outcome": item.outcome,
                 },
             )
-            result.update(status="unattributed", reason=str(problem))
+            result.update(status="unattributed", reason=str(problem[0]))
             continue
         assert card is not None and slot_row is not None
+        tapped_at = tap_time(challenge)
+        assert tapped_at is not None  # check_card refuses a time off the calendar
         product = slot_row.product
         flags = []
         if card.status is not CardStatus.ACTIVE:
@@ -594,37 +588,29 @@ def sync_offline(
             if not decision.allowed:
                 flags.append("overdraft")
         authorization_id = uuid.uuid4().hex
-        session.execute(
-            insert(Authorization).values(
-                id=authorization_id,
-                kiosk_id=kiosk_id,
-                card_id=card.id,
-                resident_id=card.resident_id,
-                product_id=product.id,
-                category_id=product.category_id,
-                slot=item.slot,
-                quantity=item.quantity,
-                units=units,
-                usage_day=day,
-                proof_counter=challenge.counter,
-                status=AuthorizationStatus.CAPTURED if dispensed else AuthorizationStatus.VOIDED,
-                created_at=tapped_at,
+        store.record_offline(
+            ledger.OfflineRecord(
+                reservation=ledger.Reservation(
+                    id=authorization_id,
+                    kiosk_id=kiosk_id,
+                    card_id=card.id,
+                    resident_id=card.resident_id,
+                    product_id=product.id,
+                    category_id=product.category_id,
+                    slot=item.slot,
+                    quantity=item.quantity,
+                    units=units,
+                    usage_day=day,
+                    proof_counter=challenge.counter,
+                    created_at=tapped_at,
+                ),
+                dispensed=dispensed,
                 settled_at=now,
                 board_txn=item.board_txn,
                 void_reason=None if dispensed else item.outcome,
-                offline=True,
                 flags=",".join(flags) or None,
             )
         )
-        if dispensed:
-            ledger.add_usage(
-                _connection(session),
-                card.resident_id,
-                product.category_id,
-                day,
-                reserved=0,
-                captured=units,
-            )
         result.update(
             status="applied",
             authorization_id=authorization_id,
@@ -632,10 +618,5 @@ def sync_offline(
             flags=flags,
         )
     if max_counter:
-        session.execute(
-            update(Kiosk)
-            .where(Kiosk.id == kiosk_id, Kiosk.last_counter < max_counter)
-            .values(last_counter=max_counter)
-            .execution_options(synchronize_session=False)
-        )
+        store.advance_counter(kiosk_id, max_counter)
     return {"results": results}

@@ -115,6 +115,19 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class OfflineRecord:
+    """A tap a kiosk served offline, recorded already settled: captured when the item dropped
+    (its units charged to the day it was tapped), voided otherwise."""
+
+    reservation: Reservation
+    dispensed: bool
+    settled_at: dt.datetime
+    board_txn: int | None
+    void_reason: str | None
+    flags: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Settlement:
     """An authorization after a capture or void: its status, whether this call moved it, whose
     it is, and (when it is the calling kiosk's) the person's usage since the lookback."""
@@ -139,6 +152,8 @@ class Answer:
 
 
 class Ledger(Protocol):
+    """The only writer of authorizations: reserve, settle and record_offline."""
+
     def device(self, device_id: str, nonce: str, seen_at: dt.datetime) -> DeviceRow | None:
         """The device, with its nonce spent if the device is enabled; None if unknown."""
 
@@ -166,6 +181,19 @@ class Ledger(Protocol):
 
     def commit_answer(self, answer: Answer) -> None:
         """Store the answer and commit the transaction; INTEGRITY_ERRORS on a duplicate key."""
+
+    def cards(self, guids: Iterable[str]) -> dict[str, CardRow]:
+        """The registered cards among `guids`, by GUID."""
+
+    def advance_counter(self, device_id: str, counter: int) -> bool:
+        """Raise the device's tap counter to `counter`; False when it does not grow."""
+
+    def offline_authorization(self, kiosk_id: str, counter: int) -> str | None:
+        """The id of the authorization already recorded for this tap, if any."""
+
+    def record_offline(self, record: OfflineRecord) -> None:
+        """Record an offline tap, settled; a captured one's units are added to the day's usage
+        (the person must be held)."""
 
 
 def ledger_for(session: Session) -> Ledger:
@@ -343,7 +371,71 @@ def add_usage(
         )
 
 
-class CoreLedger:
+_CARDS_BY_GUID = select(
+    _CARDS.guid, _CARDS.id, _CARDS.resident_id, _CARDS.status, _CARDS.certificate
+).where(_CARDS.guid.in_(bindparam("b_guids", expanding=True)))
+_OFFLINE_BY_COUNTER = select(_AUTHORIZATIONS.id).where(
+    _AUTHORIZATIONS.kiosk_id == bindparam("b_kiosk"),
+    _AUTHORIZATIONS.proof_counter == bindparam("b_counter"),
+)
+
+
+class _Common:
+    """What both databases do the same way (no hot path: stations' taps, offline batches)."""
+
+    session: Session
+
+    def cards(self, guids: Iterable[str]) -> dict[str, CardRow]:
+        wanted = sorted(set(guids))
+        if not wanted:
+            return {}
+        rows = core_connection(self.session).execute(_CARDS_BY_GUID, {"b_guids": wanted})
+        return {row.guid: CardRow(row.id, row.resident_id, row.status, row.certificate) for row in rows}
+
+    def advance_counter(self, device_id: str, counter: int) -> bool:
+        advanced = core_connection(self.session).execute(
+            ADVANCE_COUNTER, {"b_device": device_id, "b_counter": counter}
+        )
+        return advanced.rowcount == 1
+
+    def offline_authorization(self, kiosk_id: str, counter: int) -> str | None:
+        return core_connection(self.session).scalar(  # type: ignore[no-any-return]
+            _OFFLINE_BY_COUNTER, {"b_kiosk": kiosk_id, "b_counter": counter}
+        )
+
+    def record_offline(self, record: OfflineRecord) -> None:
+        connection = core_connection(self.session)
+        r = record.reservation
+        connection.execute(
+            _INSERT_AUTHORIZATION,
+            {
+                "id": r.id,
+                "kiosk_id": r.kiosk_id,
+                "card_id": r.card_id,
+                "resident_id": r.resident_id,
+                "product_id": r.product_id,
+                "category_id": r.category_id,
+                "slot": r.slot,
+                "quantity": r.quantity,
+                "units": r.units,
+                "usage_day": r.usage_day,
+                "proof_counter": r.proof_counter,
+                "status": AuthorizationStatus.CAPTURED
+                if record.dispensed
+                else AuthorizationStatus.VOIDED,
+                "created_at": r.created_at,
+                "settled_at": record.settled_at,
+                "board_txn": record.board_txn,
+                "void_reason": record.void_reason,
+                "offline": True,
+                "flags": record.flags,
+            },
+        )
+        if record.dispensed:
+            add_usage(connection, r.resident_id, r.category_id, r.usage_day, reserved=0, captured=r.units)
+
+
+class CoreLedger(_Common):
     """The hot path as SQLAlchemy Core statements (SQLite)."""
 
     def __init__(self, session: Session) -> None:
@@ -500,7 +592,7 @@ def _usage_from_arrays(
     return _usage_from_rows(zip(categories, days, units, strict=True))
 
 
-class PgLedger:
+class PgLedger(_Common):
     """The hot path as one function call per step, on the session's psycopg connection."""
 
     def __init__(self, session: Session) -> None:

@@ -10,6 +10,7 @@ import os
 
 from alembic import context
 
+from server.config import normalise_database_url
 from server.store.db import make_engine
 from server.store.models import Base
 
@@ -29,8 +30,6 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from server.config import normalise_database_url
-
     url = config.get_main_option("sqlalchemy.url") or os.environ["ONECARD_DATABASE_URL"]
     engine = make_engine(normalise_database_url(url))
     try:
