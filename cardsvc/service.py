@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="an origin of the OneCard server's staff pages, e.g. https://onecard.example (repeatable)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines too")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s"

@@ -339,7 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="control channel: HOST:PORT (port 0 picks one) or a unix socket path",
     )
     parser.add_argument("--inserted", action="store_true", help="start with the card in the reader")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="-v debug lines, -vv every APDU"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=[logging.WARNING, logging.DEBUG, 5][min(args.verbose, 2)],

@@ -141,7 +141,9 @@ def check(walk: Walk) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onecard demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--once", action="store_true", help="run the walk, check it, and exit")
-    parser.add_argument("--data-dir", type=Path, default=Path("var/demo"))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("var/demo"), help="where the demo keeps its files"
+    )
     args = parser.parse_args(argv)
     try:
         walk = run_demo(args.data_dir, args.once)
