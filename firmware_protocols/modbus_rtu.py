@@ -65,6 +65,10 @@ class Reg(IntEnum):
     TXN_SLOT = 43
     TXN_OUTCOME = 44
     TXN_REMAINING = 45
+    LAST_TXN_HI = 46  # read 46..47: the highest txn_id the board ever recorded (6.2)
+    LAST_TXN_LO = 47
+    TEMP_LOW = 48  # int16 tenths of a degree; write 48..49 together = TEMP_LIMITS (4.10)
+    TEMP_HIGH = 49
     STOCK = 0x100  # + slot number: count (write: SET_STOCK)
     CAPACITY = 0x200  # + slot number
     SLOT_LIST = 0x300  # + index: slot number of the index-th slot
@@ -72,6 +76,7 @@ class Reg(IntEnum):
 
 MAP_VERSION = 1
 TEXT_REGS = 8
+WRITE_ONLY_VALUE = 0  # what a write-only register (DISPENSE, 32..34) reads back (11.2)
 
 
 def text_registers(text: str) -> list[int]:

@@ -69,6 +69,8 @@ class Code(IntEnum):
     RESET = 0x06
     STOCK = 0x07
     SET_STOCK = 0x08
+    SYNC = 0x09
+    TEMP_LIMITS = 0x0A
     INFO = 0x81
     STATUS_REPLY = 0x82
     DISPENSE_ACK = 0x83
@@ -77,6 +79,8 @@ class Code(IntEnum):
     RESET_ACK = 0x86
     STOCK_REPLY = 0x87
     SET_STOCK_REPLY = 0x88
+    SYNC_REPLY = 0x89
+    TEMP_LIMITS_REPLY = 0x8A
     POWER_UP = 0xC0
     DOOR = 0xC1
     TEMPERATURE = 0xC2
@@ -521,6 +525,60 @@ class SetStockReply(StockReply):
 
 
 @dataclass(frozen=True)
+class Sync(Message):
+    """The first request of a host session (PROTOCOL.md 4.9): never answered from the repeat
+    cache, and it empties it."""
+
+    CODE: ClassVar[int] = Code.SYNC
+    nonce: int  # u32 != 0, new for each host session
+
+    def payload(self) -> bytes:
+        return _pack(">I", self.nonce)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Self:
+        return cls(r.u32())
+
+
+@dataclass(frozen=True)
+class SyncReply(Message):
+    CODE: ClassVar[int] = Code.SYNC_REPLY
+    nonce: int  # the request's, echoed
+    last_txn: int  # the highest txn_id the board ever recorded; 0: none
+    boot_count: int
+
+    def payload(self) -> bytes:
+        return _pack(">IIH", self.nonce, self.last_txn, self.boot_count)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Self:
+        nonce, last, boots = r.many(">IIH")
+        return cls(nonce, last, boots)
+
+
+@dataclass(frozen=True)
+class TempLimits(Message):
+    """Set the temperature limits (PROTOCOL.md 4.10); both ``NO_TEMPERATURE``: only report."""
+
+    CODE: ClassVar[int] = Code.TEMP_LIMITS
+    low_dc: int  # tenths of a degree Celsius
+    high_dc: int
+
+    def payload(self) -> bytes:
+        return _pack(">hh", self.low_dc, self.high_dc)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Self:
+        low, high = r.many(">hh")
+        return cls(low, high)
+
+
+@dataclass(frozen=True)
+class TempLimitsReply(TempLimits):
+    CODE: ClassVar[int] = Code.TEMP_LIMITS_REPLY
+
+
+@dataclass(frozen=True)
 class PowerUp(Message):
     CODE: ClassVar[int] = Code.POWER_UP
     boot_count: int
@@ -652,7 +710,8 @@ MESSAGES: Mapping[int, type[Message]] = MappingProxyType(
         for cls in (
             Hello, Info, Status, StatusReply, Dispense, DispenseAck, Query, QueryReply,
             SlotTest, SlotTestReply, Reset, ResetAck, Stock, StockReply, SetStock,
-            SetStockReply, PowerUp, DoorEvent, TemperatureEvent, FaultEvent,
+            SetStockReply, Sync, SyncReply, TempLimits, TempLimitsReply, PowerUp, DoorEvent,
+            TemperatureEvent, FaultEvent,
             DispenseProgress, DispenseResult, Error,
         )
     }

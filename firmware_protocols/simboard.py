@@ -10,6 +10,7 @@ reports with what happened.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,8 +39,8 @@ class Timings:
     run_ms: float = 60.0  # motor on until the spiral's home switch stops it
     drop_delay_ms: float = 20.0  # from motor off until the item crosses the drop sensor
     drop_window_ms: float = 120.0  # how long after motor off the board waits for a drop
-    max_run_ms: float = 400.0  # motor cut-off when the home switch never comes
-    boot_ms: float = 60.0  # dark time of a power cycle or RESET
+    max_run_ms: float = 400.0  # motor cut-off when the home switch never comes (spec: 6 s)
+    boot_ms: float = 60.0  # dark time of a power cycle or RESET (spec: at most 2 s)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class BoardConfig:
     slots: tuple[SlotConfig, ...] = (SlotConfig(1), SlotConfig(2))
     timings: Timings = Timings()
     temperature_dc: int = 180
+    temperature_limits_dc: tuple[int, int] = (20, 300)  # 2.0 .. 30.0 °C until TEMP_LIMITS
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BoardConfig:
@@ -64,6 +66,7 @@ class BoardConfig:
         )
         timings = Timings(**{k: float(v) for k, v in data.get("timings", {}).items()})
         temp = data.get("temperature_c", 18.0)
+        low, high = data.get("temperature_limits_c", (2.0, 30.0))
         return cls(
             model=str(data.get("model", cls.model)),
             firmware=str(data.get("firmware", cls.firmware)),
@@ -71,6 +74,7 @@ class BoardConfig:
             slots=slots,
             timings=timings,
             temperature_dc=round(float(temp) * 10),
+            temperature_limits_dc=(round(float(low) * 10), round(float(high) * 10)),
         )
 
     @staticmethod
@@ -102,13 +106,34 @@ class Faults:
     progress_events: bool = True
 
     def update(self, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            if key not in {f.name for f in dataclasses.fields(self)}:
-                raise KeyError(key)
-            if key == "power_cycle_at" and value not in (None, "motor", "after_drop"):
-                raise ValueError(f"power_cycle_at must be motor or after_drop, not {value!r}")
-            current = getattr(self, key)
-            setattr(self, key, set(value) if isinstance(current, set) else value)
+        """Set the named faults; ``ValueError`` (nothing changed) for an unknown name or a
+        value of the wrong kind, so a bad control line never breaks the running board."""
+        checked = {key: self._checked(key, value) for key, value in values.items()}
+        for key, value in checked.items():
+            setattr(self, key, value)
+
+    def _checked(self, key: str, value: Any) -> Any:
+        if key not in {f.name for f in dataclasses.fields(self)}:
+            raise ValueError(f"unknown fault {key!r}")
+        current = getattr(self, key)
+        if isinstance(current, set):
+            slots = value if isinstance(value, list) else None
+            if slots is None or not all(_is_int(v) and 1 <= v <= 255 for v in slots):
+                raise ValueError(f"{key} must be a list of slot numbers 1..255")
+            return set(slots)
+        if isinstance(current, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false")
+            return value
+        if isinstance(current, float):
+            ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+            top = 1.0 if key.endswith("_rate") else 60_000.0
+            if not ok or not 0.0 <= value <= top:
+                raise ValueError(f"{key} must be a number in 0..{top:g}")
+            return float(value)
+        if value not in (None, "motor", "after_drop"):  # power_cycle_at
+            raise ValueError(f"{key} must be null, motor or after_drop, not {value!r}")
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -134,6 +159,8 @@ class BoardState:
     txns: OrderedDict[int, TxnRecord] = field(default_factory=OrderedDict)
     inflight: dict[str, int] | None = None  # {"txn", "slot", "dropped"}
     boot_count: int = 0
+    last_txn: int = 0  # the highest txn_id ever recorded (PROTOCOL.md 6.2), never decreases
+    temp_limits_dc: tuple[int, int] | None = None  # set by TEMP_LIMITS; None: the config's
     motor_runs: dict[int, int] = field(default_factory=dict)
     double_drives: int = 0
     drops: int = 0
@@ -155,6 +182,8 @@ class BoardState:
             ],
             "inflight": self.inflight,
             "boot_count": self.boot_count,
+            "last_txn": self.last_txn,
+            "temp_limits_dc": None if self.temp_limits_dc is None else list(self.temp_limits_dc),
             "motor_runs": {str(k): v for k, v in self.motor_runs.items()},
             "double_drives": self.double_drives,
             "drops": self.drops,
@@ -165,12 +194,17 @@ class BoardState:
         txns: OrderedDict[int, TxnRecord] = OrderedDict()
         for t, slot, outcome, remaining in data.get("txns", []):
             txns[int(t)] = TxnRecord(int(slot), p.Outcome[outcome.upper()], int(remaining))
+        limits = data.get("temp_limits_dc")
+        inflight = data.get("inflight")
+        known = [*txns, *([int(inflight["txn"])] if inflight else [])]
         return cls(
             counts={int(k): int(v) for k, v in data["counts"].items()},
             physical={int(k): int(v) for k, v in data["physical"].items()},
             txns=txns,
-            inflight=data.get("inflight"),
+            inflight=inflight,
             boot_count=int(data.get("boot_count", 0)),
+            last_txn=int(data.get("last_txn", max(known, default=0))),
+            temp_limits_dc=None if limits is None else (int(limits[0]), int(limits[1])),
             motor_runs={int(k): int(v) for k, v in data.get("motor_runs", {}).items()},
             double_drives=int(data.get("double_drives", 0)),
             drops=int(data.get("drops", 0)),
@@ -208,6 +242,7 @@ class Board:
             state.physical.setdefault(s.slot, s.count)
         self.door_open = False
         self.temperature_dc = config.temperature_dc
+        self._reported_temperature_dc = config.temperature_dc  # at the last TEMPERATURE event
         self.fault_bits = p.Fault.NONE
         self.booted_at = 0.0
         self.off_until: float | None = None
@@ -230,26 +265,37 @@ class Board:
         self.off_until = now + self.config.timings.boot_ms / 1000
 
     def is_off(self, now: float) -> bool:
-        return self.off_until is not None and now < self.off_until
+        """Dark: powered off, or booting and POWER_UP not sent yet (``tick`` boots the board
+        once ``boot_ms`` has passed). A dark board hears nothing and answers nothing
+        (PROTOCOL.md 5.7)."""
+        return self.off_until is not None
 
     def boot(self, now: float) -> list[p.Frame]:
-        """Start up: settle an interrupted dispense from NVM, announce POWER_UP."""
+        """Start up: settle an interrupted dispense from NVM, announce POWER_UP, then FAULT
+        when a fault bit is set from the start (POWER_LOSS, TEMPERATURE: PROTOCOL.md 6.4)."""
         self.off_until = None
         self.booted_at = now
         self._event_seq = 0
         self.fault_bits = p.Fault.NONE  # fault bits live until a restart (PROTOCOL.md 4.2)
         st = self.state
         st.boot_count += 1
+        fault_slot = 0
         if st.inflight is not None:
-            txn, slot = st.inflight["txn"], st.inflight["slot"]
+            txn, fault_slot = st.inflight["txn"], st.inflight["slot"]
             outcome = p.Outcome.OK if st.inflight.get("dropped") else p.Outcome.NO_DROP
-            st.txns[txn] = TxnRecord(slot, outcome, st.counts[slot])
+            st.txns[txn] = TxnRecord(fault_slot, outcome, st.counts[fault_slot])
             st.inflight = None
             self.fault_bits |= p.Fault.POWER_LOSS
             self._trim()
+        if not self._temperature_ok(self.temperature_dc):
+            self.fault_bits |= p.Fault.TEMPERATURE
+        self._reported_temperature_dc = self.temperature_dc
         self._persist(st)
         reason, self._boot_reason = self._boot_reason, p.PowerUpReason.POWER_ON
-        return [self._event(p.PowerUp(st.boot_count & 0xFFFF, reason))]
+        out = [self._event(p.PowerUp(st.boot_count & 0xFFFF, reason))]
+        if self.fault_bits:
+            out.append(self._event(p.FaultEvent(self.fault_bits, fault_slot)))
+        return out
 
     # ----------------------------------------------------------------- time
 
@@ -283,6 +329,11 @@ class Board:
         if self.is_off(now):
             return []
         msg = frame.message
+        if isinstance(msg, p.Sync) and frame.version == p.VERSION:
+            # A new host session: never answered from the repeat cache, and it empties it, so
+            # a host that numbers its requests from 1 again gets no old reply (PROTOCOL.md 6.1).
+            self._last_request, self._last_reply = None, []
+            return [p.Frame(frame.seq, self._sync(msg))]
         key = (frame.seq, msg.code, msg.payload())
         if key == self._last_request:
             return list(self._last_reply)  # a retransmission: same answer, nothing redone
@@ -316,7 +367,38 @@ class Board:
             return p.StockReply(self._counts()), []
         if isinstance(msg, p.SetStock):
             return self._set_stock(msg)
+        if isinstance(msg, p.TempLimits):
+            return self._temp_limits(msg)
         return p.Error(msg.code & 0xFF, p.ErrorCode.UNKNOWN_COMMAND), []
+
+    def _sync(self, msg: p.Sync) -> p.Message:
+        if msg.nonce == 0:
+            return p.Error(msg.code, p.ErrorCode.BAD_VALUE)
+        return p.SyncReply(msg.nonce, self.state.last_txn, self.state.boot_count & 0xFFFF)
+
+    @property
+    def temperature_limits_dc(self) -> tuple[int, int]:
+        return self.state.temp_limits_dc or self.config.temperature_limits_dc
+
+    def _temperature_ok(self, temperature_dc: int) -> bool:
+        low, high = self.temperature_limits_dc
+        return low <= temperature_dc <= high
+
+    def _temp_limits(self, msg: p.TempLimits) -> tuple[p.Message, list[p.Frame]]:
+        none = p.NO_TEMPERATURE
+        if (msg.low_dc, msg.high_dc) != (none, none):
+            if none in (msg.low_dc, msg.high_dc) or msg.low_dc >= msg.high_dc:
+                return p.Error(msg.code, p.ErrorCode.BAD_VALUE), []
+            self.state.temp_limits_dc = (msg.low_dc, msg.high_dc)
+            self._persist(self.state)
+        low, high = self.temperature_limits_dc
+        return p.TempLimitsReply(low, high), self._check_temperature()
+
+    def _check_temperature(self) -> list[p.Frame]:
+        """FAULT TEMPERATURE once the temperature is out of the limits (the bit stays set)."""
+        if self._temperature_ok(self.temperature_dc) or p.Fault.TEMPERATURE in self.fault_bits:
+            return []
+        return self._raise_fault(p.Fault.TEMPERATURE, 0)
 
     def info(self) -> p.Info:
         caps = (
@@ -410,6 +492,7 @@ class Board:
             return self._finish_now(txn, slot, p.Outcome.NO_DROP), extra
         # Record the attempt in NVM before the motor turns (spec 6.3).
         st.inflight = {"txn": txn, "slot": slot, "dropped": 0}
+        st.last_txn = max(st.last_txn, txn)
         runs = st.motor_runs.get(txn, 0)
         if runs:
             st.double_drives += 1
@@ -434,10 +517,12 @@ class Board:
             return [(now + t.run_ms * ms / 2, "jammed")]
         has_item = self.state.physical[slot] > 0
         if slot in f.runaway:
+            # No home switch: the motor runs until a drop is seen or the cut-off, then the
+            # sensor is watched for the drop window (PROTOCOL.md 7).
             if has_item:
                 steps.append((now + (t.run_ms + t.drop_delay_ms) * ms, "drop"))
-            else:
-                steps.append((now + t.max_run_ms * ms, "motor_fault"))
+            steps.append((now + t.max_run_ms * ms, "cut_off"))
+            steps.append((now + (t.max_run_ms + t.drop_window_ms) * ms, "runaway_end"))
             return steps
         steps.append((now + t.run_ms * ms, "motor_off"))
         if has_item:
@@ -461,16 +546,17 @@ class Board:
             st.physical[active.slot] -= 1
             st.drops += 1
             if self.faults.blind_sensor:
-                t = self.config.timings
-                rest = t.drop_window_ms - t.drop_delay_ms
-                active.steps.insert(0, (now + rest / 1000, "no_drop"))
+                if active.slot not in self.faults.runaway:  # a runaway runs on to its cut-off
+                    t = self.config.timings
+                    rest = t.drop_window_ms - t.drop_delay_ms
+                    active.steps.insert(0, (now + rest / 1000, "no_drop"))
                 return []
             st.counts[active.slot] = max(0, st.counts[active.slot] - 1)
             assert st.inflight is not None
             st.inflight["dropped"] = 1
             self._persist(st)
             out = [self._progress(p.Phase.DROP_SEEN)] if progress else []
-            if active.slot in self.faults.runaway:
+            if active.slot in self.faults.runaway:  # cut at the seen drop: OK, fault MOTOR
                 out += self._raise_fault(p.Fault.MOTOR, active.slot)
             if self.faults.power_cycle_at == "after_drop":
                 self.faults.power_cycle_at = None
@@ -484,6 +570,10 @@ class Board:
         if action == "motor_fault":
             fault = self._raise_fault(p.Fault.MOTOR, active.slot)
             return fault + self._finish(p.Outcome.MOTOR_FAULT)
+        if action == "cut_off":  # the home switch never came: motor off, fault MOTOR
+            return self._raise_fault(p.Fault.MOTOR, active.slot)
+        if action == "runaway_end":  # cut off and no drop seen in the window after it
+            return self._finish(p.Outcome.MOTOR_FAULT)
         raise AssertionError(action)
 
     def _finish(self, outcome: p.Outcome) -> list[p.Frame]:
@@ -497,6 +587,7 @@ class Board:
     def _finish_now(self, txn: int, slot: int, outcome: p.Outcome) -> p.DispenseAck:
         st = self.state
         st.txns[txn] = TxnRecord(slot, outcome, st.counts[slot])
+        st.last_txn = max(st.last_txn, txn)
         self._trim()
         self._persist(st)
         return p.DispenseAck(txn, p.TxnState.DONE, slot, outcome, st.counts[slot])
@@ -526,11 +617,22 @@ class Board:
         return [self._event(p.DoorEvent(door_open))]
 
     def set_temperature(self, temperature_dc: int) -> list[p.Frame]:
-        self.temperature_dc = temperature_dc
-        return [self._event(p.TemperatureEvent(temperature_dc))]
+        """The sensor reads a new value: TEMPERATURE when it moved 1 °C or more from the last
+        reported value or crossed a limit, then FAULT when it left the limits (PROTOCOL.md 8)."""
+        before, self.temperature_dc = self._reported_temperature_dc, temperature_dc
+        crossed = self._temperature_ok(before) != self._temperature_ok(temperature_dc)
+        out = []
+        if crossed or abs(temperature_dc - before) >= 10:
+            self._reported_temperature_dc = temperature_dc
+            out.append(self._event(p.TemperatureEvent(temperature_dc)))
+        return out + self._check_temperature()
 
     def clear_faults(self) -> None:
         self.fault_bits = p.Fault.NONE
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _fields(report: p.TxnReport) -> dict[str, Any]:

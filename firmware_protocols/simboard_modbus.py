@@ -15,6 +15,7 @@ from firmware_protocols.modbus_rtu import (
     MAX_READ,
     TEXT_REGS,
     UNIT,
+    WRITE_ONLY_VALUE,
     Exc,
     Function,
     ReadHolding,
@@ -113,7 +114,8 @@ class ModbusBoard:
         if Reg.TXN_HI <= address <= Reg.TXN_REMAINING:
             return self._txn_register(address, now)
         if Reg.DISPENSE_SLOT <= address <= Reg.DISPENSE_TXN_LO:
-            return 0
+            return WRITE_ONLY_VALUE
+        low, high = b.temperature_limits_dc
         status = b.status(now)  # the same values STATUS would report
         simple = {
             Reg.MAP_VERSION: MAP_VERSION,
@@ -127,6 +129,10 @@ class ModbusBoard:
             Reg.BOOT_COUNT: status.boot_count,
             Reg.LAST_ERROR: self.last_error,
             Reg.CAPABILITIES: int(b.info().capabilities),
+            Reg.LAST_TXN_HI: b.state.last_txn >> 16,
+            Reg.LAST_TXN_LO: b.state.last_txn & 0xFFFF,
+            Reg.TEMP_LOW: low & 0xFFFF,
+            Reg.TEMP_HIGH: high & 0xFFFF,
         }
         if address in simple:
             return simple[address]  # type: ignore[index]
@@ -163,6 +169,10 @@ class ModbusBoard:
             return
         if address == Reg.TXN_HI and len(values) == 2:
             self.selected_txn = (values[0] << 16) | values[1]
+            return
+        if address == Reg.TEMP_LOW and len(values) == 2:
+            low, high = (v - 0x10000 if v & 0x8000 else v for v in values)
+            self._ask(p.TempLimits(low, high), now)
             return
         if address >= Reg.STOCK and end <= Reg.STOCK + 0x100:
             for i, value in enumerate(values):

@@ -6,17 +6,12 @@ hardware (spec: PROTOCOL.md; firmware logic in simboard.py).
 
 It owns the line (a pseudo-terminal it creates, or ``--device PATH`` opened with pyserial),
 the clock, the state file and the fault injection: byte corruption and loss in both
-directions, delayed or missing replies, optional pacing of bytes at the baud rate. With
-``--control PATH`` it listens on a Unix socket for JSON-line commands while it runs::
-
-    {"cmd": "stats"}                              -> counters, stock, outcomes by txn id
-    {"cmd": "faults", "jammed": [2], "loss_rate": 0.01, ...}   (fields of simboard.Faults)
-    {"cmd": "power_cycle"}                        -> cut power now (boots after boot_ms)
-    {"cmd": "door", "open": true}
-    {"cmd": "temperature", "celsius": 9.5}
-    {"cmd": "garbage", "hex": "00ff13"}           -> put raw bytes on the line
-    {"cmd": "restock", "slot": 1, "count": 5}     -> items put in without telling the board
-    {"cmd": "stop"}
+directions, delayed or missing replies, optional pacing of bytes at the baud rate, and the
+half-duplex (RS-485) event rule of PROTOCOL.md 5.4 with ``--half-duplex``. With ``--control
+PATH`` it listens on a Unix socket for JSON-line commands while it runs; the commands, their
+fields and their answers are specified in PROTOCOL.md, appendix A. Every line gets one answer
+line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``; a bad line never stops the
+simulator.
 """
 
 from __future__ import annotations
@@ -47,6 +42,25 @@ INTER_FRAME_GAP = 0.050  # a partial frame idle this long is dropped (PROTOCOL.m
 
 class _Stop(Exception):
     pass
+
+
+class ControlError(ValueError):
+    """A control line the simulator cannot carry out; answered ``{"ok": false, "error"}``."""
+
+
+MAX_CONTROL_LINE = 64 * 1024  # bytes: a longer line without a newline is refused and dropped
+
+
+def _field(cmd: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """``cmd[name]``, which must be of ``kind`` (a bool is not taken for a number)."""
+    if name not in cmd:
+        raise ControlError(f"missing field {name!r}")
+    value = cmd[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ControlError(f"field {name!r} must be {names}, not {type(value).__name__}")
+    return value
 
 
 class _Line(Protocol):
@@ -179,6 +193,7 @@ class Simulator:
         seed: int | None = None,
         control_path: str | None = None,
         port: Port | None = None,
+        half_duplex: bool = False,
     ) -> None:
         self.board = board
         self.port = port or OneCardV1Port(board)
@@ -189,6 +204,8 @@ class Simulator:
         self.rng = random.Random(seed)
         self.reader = self.port.reader
         self.control_path = control_path
+        self.half_duplex = half_duplex
+        self._held_events: list[bytes] = []  # half duplex: events waiting for the next reply
         self.stats: dict[str, int] = {
             "rx_bytes": 0,
             "tx_bytes": 0,
@@ -269,6 +286,9 @@ class Simulator:
         if key.data == "line":
             data = self.line.read()
             if data:
+                # What is due first (a boot's POWER_UP above all: nothing is answered before
+                # it, PROTOCOL.md 5.7), then the bytes.
+                self._send(self.board.tick(now), now, is_reply=False)
                 self._receive(data, now)
         elif key.data == "accept":
             assert self._server is not None
@@ -297,6 +317,7 @@ class Simulator:
 
     def _power_lost(self) -> None:
         self._outbox.clear()
+        self._held_events.clear()
         self._tx.clear()
         self._rx.clear()
         self.reader.clear()
@@ -332,6 +353,12 @@ class Simulator:
     # ----------------------------------------------------------------- output
 
     def _send(self, frames: list[p.Frame], now: float, *, is_reply: bool) -> None:
+        # RS-485: the board talks only right behind its own reply (PROTOCOL.md 5.4); POWER_UP
+        # (and what follows it) alone goes out at once: the board answered nothing while dark.
+        booting = bool(frames) and isinstance(frames[0].message, p.PowerUp)
+        if self.half_duplex and not is_reply and frames and not booting:
+            self._held_events += self.port.events(frames)
+            return
         self._send_raw(self.port.events(frames), now, is_reply=is_reply)
 
     def _send_raw(self, frames: list[bytes], now: float, *, is_reply: bool) -> None:
@@ -340,6 +367,9 @@ class Simulator:
         if self.faults.no_reply:
             self.stats["replies_withheld"] += len(frames)
             return
+        if is_reply and self._held_events:
+            frames = [*frames, *self._held_events]  # the reply first, the events behind it
+            self._held_events = []
         due = now + (self.faults.reply_delay_ms / 1000 if is_reply else 0.0)
         for frame in frames:
             self._outbox.append((due, frame))
@@ -398,24 +428,53 @@ class Simulator:
             return
         buf = self._clients[client]
         buf += data
+        answers = []
         while b"\n" in buf:
             line, _, rest = bytes(buf).partition(b"\n")
             buf[:] = rest
+            answers.append(self.control_line(line, now))
+        if len(buf) > MAX_CONTROL_LINE:
+            buf.clear()
+            answers.append({"ok": False, "error": f"line over {MAX_CONTROL_LINE} bytes"})
+        for answer in answers:
             try:
-                answer = self.command(json.loads(line), now)
-            except (ValueError, KeyError, TypeError) as exc:
-                answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            client.setblocking(True)
-            try:
+                client.setblocking(True)
+                client.settimeout(1.0)
                 client.sendall(json.dumps(answer).encode() + b"\n")
-            finally:
                 client.setblocking(False)
-            if self._stop:
-                raise _Stop
+            except OSError:  # the client went away (or does not read): drop it, keep running
+                self._drop_client(client)
+                break
+        if self._stop:
+            raise _Stop
+
+    def _drop_client(self, client: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(client)
+        client.close()
+        self._clients.pop(client, None)
+
+    def control_line(self, line: bytes, now: float) -> dict[str, Any]:
+        """One control line -> its answer. Every bad line is an error answer (appendix A)."""
+        try:
+            cmd = json.loads(line)
+        except ValueError as exc:  # not JSON, or not UTF-8
+            return {"ok": False, "error": f"not a JSON line: {exc}"}
+        if not isinstance(cmd, dict):
+            return {"ok": False, "error": f"a command is a JSON object, not {type(cmd).__name__}"}
+        try:
+            return self.command(cmd, now)
+        except ValueError as exc:  # ControlError, and the board's own checks
+            return {"ok": False, "error": str(exc)}
+        except (KeyError, TypeError, OverflowError) as exc:
+            return {"ok": False, "error": repr(exc)}
 
     def command(self, cmd: dict[str, Any], now: float) -> dict[str, Any]:
-        """Carry out one control command (see the module docstring)."""
-        name = cmd.pop("cmd")
+        """Carry out one control command (PROTOCOL.md appendix A); ``ControlError`` for a
+        command that is unknown or has fields of the wrong kind."""
+        cmd = dict(cmd)
+        name = _field(cmd, "cmd", str)
+        del cmd["cmd"]
         board = self.board
         if name == "stats":
             return {"ok": True, **self.snapshot()}
@@ -432,23 +491,33 @@ class Simulator:
                 self._power_lost()
             return {"ok": True}
         if name == "door":
-            self._send(board.set_door(bool(cmd["open"])), now, is_reply=False)
+            self._send(board.set_door(_field(cmd, "open", bool)), now, is_reply=False)
             return {"ok": True}
         if name == "temperature":
-            self._send(
-                board.set_temperature(round(float(cmd["celsius"]) * 10)), now, is_reply=False
-            )
+            celsius = _field(cmd, "celsius", (int, float))
+            if not -3276.7 <= celsius <= 3276.7:  # an i16 of tenths; also refuses nan, inf
+                raise ControlError(f"celsius {celsius} out of -3276.7..3276.7")
+            self._send(board.set_temperature(round(celsius * 10)), now, is_reply=False)
             return {"ok": True}
         if name == "garbage":
-            self._tx += bytes.fromhex(cmd["hex"])
+            text = _field(cmd, "hex", str)
+            try:
+                self._tx += bytes.fromhex(text)
+            except ValueError as exc:
+                raise ControlError(f"hex: {exc}") from None
             return {"ok": True}
         if name == "restock":
-            board.state.physical[int(cmd["slot"])] = int(cmd["count"])
+            slot, count = _field(cmd, "slot", int), _field(cmd, "count", int)
+            if slot not in board.state.physical:
+                raise ControlError(f"no slot {slot}")
+            if not 0 <= count <= 0xFFFF:
+                raise ControlError(f"count {count} out of 0..65535")
+            board.state.physical[slot] = count
             return {"ok": True}
         if name == "stop":
             self._stop = True
             return {"ok": True}
-        raise KeyError(f"unknown command {name!r}")
+        raise ControlError(f"unknown command {name!r}")
 
     def snapshot(self) -> dict[str, Any]:
         st = self.board.state
@@ -505,6 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--unit", type=int, default=modbus_rtu.UNIT, help="Modbus unit address")
     ap.add_argument("--baud", type=int, default=9600)
     ap.add_argument("--pace", action="store_true", help="pace bytes at the baud rate")
+    ap.add_argument(
+        "--half-duplex",
+        action="store_true",
+        help="RS-485: events only right behind a reply (PROTOCOL.md 5.4)",
+    )
     ap.add_argument("--state", metavar="FILE", type=Path, help="keep stock and outcomes here")
     ap.add_argument("--slots", metavar="N=COUNT,...", help="slots and their counts")
     ap.add_argument("--config", metavar="FILE", type=Path, help="JSON board configuration")
@@ -537,6 +611,7 @@ def _config(args: argparse.Namespace) -> BoardConfig:
             slots=BoardConfig.parse_slots(args.slots),
             timings=config.timings,
             temperature_dc=config.temperature_dc,
+            temperature_limits_dc=config.temperature_limits_dc,
         )
     return config
 
@@ -588,6 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         control_path=args.control,
         port=port,
+        half_duplex=args.half_duplex,
     )
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)

@@ -58,6 +58,9 @@ class Bench:
         assert isinstance(ack, p.DispenseAck), ack
         if ack.state is S.DONE:
             return ack
+        return self.dispense_result()
+
+    def dispense_result(self) -> p.TxnReport:
         results = [m for m in self.wait() if isinstance(m, p.DispenseResult)]
         assert len(results) == 1
         return results[0]
@@ -188,6 +191,22 @@ def test_runaway_motor_is_stopped_by_the_drop_and_flagged() -> None:
     assert bench.dispense(1, 2).outcome is OC.MOTOR_FAULT
 
 
+def test_runaway_motor_with_a_blind_sensor_is_cut_off_as_motor_fault() -> None:
+    """PROTOCOL.md 7: a runaway is cut at a seen drop; with none seen it runs to the cut-off
+    and ends MOTOR_FAULT (not NO_DROP), after the drop window that follows the cut-off."""
+    bench = Bench(Faults(runaway={1}, blind_sensor=True))
+    assert bench.send(p.Dispense(1, 1)).state is S.STARTED  # type: ignore[attr-defined]
+    # Past the normal run and drop window (10 + 30 ms), before the cut-off (80 ms): running.
+    assert not [m for m in bench.wait(0.06) if isinstance(m, p.DispenseResult)]
+    assert bench.send(p.Query(1)) == p.QueryReply(1, S.IN_PROGRESS, 1)
+    result = bench.dispense_result()
+    assert result == p.DispenseResult(1, S.DONE, 1, OC.MOTOR_FAULT, 3)
+    assert p.FaultEvent(p.Fault.MOTOR, 1) in bench.events
+    assert p.DispenseProgress(1, 1, p.Phase.DROP_SEEN) not in bench.events
+    # The item did fall unseen: the count stays, the shelf has one less (the stock check).
+    assert (bench.board.state.physical[1], bench.board.state.counts[1]) == (2, 3)
+
+
 def test_dead_drop_sensor_never_lets_an_item_go_unseen() -> None:
     bench = Bench(Faults(dead_sensor=True))
     assert bench.dispense(1, 1) == p.DispenseAck(1, S.DONE, 1, OC.NO_DROP, 3)
@@ -222,7 +241,11 @@ def test_power_cut_mid_dispense_is_settled_at_boot(
     assert bench.board.is_off(bench.now)
     assert bench.board.handle(p.Frame(1, p.Query(11)), bench.now) == []  # dark: no answer
     bench.wait(1.0)
-    assert bench.events[-1] == p.PowerUp(2, p.PowerUpReason.POWER_ON)
+    # POWER_UP, then the FAULT event of the POWER_LOSS bit (6.4 and 8 say the same).
+    assert bench.events[-2:] == [
+        p.PowerUp(2, p.PowerUpReason.POWER_ON),
+        p.FaultEvent(p.Fault.POWER_LOSS, 1),
+    ]
     assert bench.send(p.Query(11)) == p.QueryReply(11, S.DONE, 1, outcome, left)
     assert bench.board.state.physical[1] == left
     assert p.Fault.POWER_LOSS in bench.send(p.Status()).faults  # type: ignore[attr-defined]

@@ -107,9 +107,8 @@ def test_register_map_identity_and_stock() -> None:
 def test_dispense_block_follows_the_transaction_rules() -> None:
     unit = Unit()
     assert unit.write(mb.Reg.DISPENSE_SLOT, 1, 0, 42) == mb.with_crc(bytes.fromhex("0110002000 03"))
-    assert unit.read(mb.Reg.TXN_HI, 6) == [0, 42, p.TxnState.STARTED, 1, 0, 0xFFFF] or unit.read(
-        mb.Reg.TXN_HI, 6
-    ) == [0, 42, p.TxnState.IN_PROGRESS, 1, 0, 0xFFFF]
+    # A read is a query: the running dispense is IN_PROGRESS, never STARTED (PROTOCOL.md 4.3).
+    assert unit.read(mb.Reg.TXN_HI, 6) == [0, 42, p.TxnState.IN_PROGRESS, 1, 0, 0xFFFF]
     unit.run(1.0)
     done = [0, 42, p.TxnState.DONE, 1, p.Outcome.OK, 1]
     assert unit.read(mb.Reg.TXN_HI, 6) == done
