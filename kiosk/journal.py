@@ -90,6 +90,9 @@ TRANSITIONS: dict[TxnState, frozenset[TxnState]] = {
 }
 
 
+TXN_ID_MAX = 0xFFFFFFFF  # a transaction id is also the board's u32 txn_id
+
+
 class JournalError(Exception):
     """A transition the state machine does not allow, or a transaction that does not exist."""
 
@@ -183,6 +186,19 @@ class Journal:
             if db.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'txn'").fetchone() is None:
                 start = secrets.randbelow(2**31)
                 db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('txn', ?)", (start,))
+
+    def continue_txn_ids_above(self, board_last: int) -> int:
+        """Make every new transaction id greater than ``board_last``, the highest id the
+        board has recorded (PROTOCOL.md 6.2; ``BoardDriver.last_txn_id()``), so a journal that
+        was lost or reset never reuses an id the board remembers. Call it at start-up, before
+        the first tap. Returns the next id."""
+        with self._write() as db:
+            (seq,) = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'txn'").fetchone()
+            seq = max(int(seq), board_last)
+            if seq >= TXN_ID_MAX:
+                raise JournalError(f"transaction ids exhausted (next would be {seq + 1})")
+            db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'txn'", (seq,))
+        return seq + 1
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

@@ -160,7 +160,7 @@ class NoiseLink:
 def test_driver_raises_only_board_errors_on_noise(noise: list[bytes]) -> None:
     driver = OneCardV1Driver(
         NoiseLink(noise), reply_timeout=0.005, retries=1, poll_interval=0.005,
-        dispense_timeout=0.05,
+        dispense_timeout=0.05, boot_time=0.02,
     )  # fmt: skip
     for call in (lambda: driver.dispense(1, 7), driver.stock, driver.info, lambda: driver.query(7)):
         with contextlib.suppress(BoardError):  # anything else fails the test

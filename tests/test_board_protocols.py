@@ -15,6 +15,7 @@ from kiosk.board import (
     BoardTimeoutError,
     DispenseOutcome,
     DispenseResult,
+    TxnIdReusedError,
     open_board,
 )
 from tests.fixtures.board import BoardSim
@@ -90,7 +91,11 @@ def test_state_survives_a_restart(sim: BoardSim, protocol: str) -> None:
     sim.restart()
     with connect(sim, protocol, poll_interval=0.02) as b:
         assert b.stock() == {1: 10, 2: 9}
-        assert b.dispense(2, 8) == DispenseResult(8, 2, DispenseOutcome.OK, 9)
+        assert b.query(8) == DispenseResult(8, 2, DispenseOutcome.OK, 9)
+        # The new session learnt the board's last id: 8 is an old transaction (6.2).
+        assert b.last_txn_id() == 8
+        with pytest.raises(TxnIdReusedError):
+            b.dispense(2, 8)
     assert sim.stats()["motor_runs"] == {"8": 1}
 
 

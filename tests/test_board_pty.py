@@ -22,6 +22,7 @@ from kiosk.board import (
     DispenseOutcome,
     DispenseResult,
     OneCardV1Driver,
+    TxnIdReusedError,
     open_board,
 )
 from kiosk.board.serial_link import SerialLink
@@ -102,7 +103,12 @@ def test_state_survives_a_restart(board_sim: BoardSim) -> None:
         assert b.stock() == {1: 8, 2: 10}
         assert b.query(5) == DispenseResult(5, 1, DispenseOutcome.OK, 9)
         assert b.query(404) is None
-        assert b.dispense(1, 6) == DispenseResult(6, 1, DispenseOutcome.OK, 8)  # not again
+        # A new session knows txn 6 is the board's: DISPENSE for it is refused unsent
+        # (PROTOCOL.md 6.2); the board itself would answer from its record (test_board_firmware).
+        assert b.last_txn_id() == 6
+        with pytest.raises(TxnIdReusedError):
+            b.dispense(1, 6)
+        assert b.query(6) == DispenseResult(6, 1, DispenseOutcome.OK, 8)
         assert b.status().boot_count == 2
     stats = board_sim.stats()
     assert stats["motor_runs"] == {"5": 1, "6": 1}
@@ -125,7 +131,8 @@ def test_board_killed_mid_dispense_is_settled_from_its_memory(
         worker = threading.Thread(target=run)
         worker.start()
         deadline = 100
-        while sim.state().get("inflight") is None and deadline:  # the motor is turning
+        # Until the motor is turning (the state file appears at the simulator's first boot).
+        while (sim.state() if sim.state_path.exists() else {}).get("inflight") is None and deadline:
             deadline -= 1
             threading.Event().wait(0.05)
         assert sim.state()["inflight"] == {"txn": 900, "slot": 1, "dropped": 0}
@@ -186,6 +193,7 @@ def test_garbage_from_the_board_is_skipped_and_counted_by_the_kiosk(board_sim: B
 
 def test_board_that_never_answers_times_out_after_retries(board_sim: BoardSim) -> None:
     with board(board_sim, reply_timeout=0.05, dispense_timeout=1.0) as b:
+        assert b.last_txn_id() == 0  # the session began (SYNC) while the board still spoke
         board_sim.faults(no_reply=True)  # it hears and acts, but says nothing
         with pytest.raises(BoardTimeoutError):
             b.stock()

@@ -33,6 +33,7 @@ from kiosk.board.errors import (
     BoardRejectedError,
     BoardTimeoutError,
     ModbusRefusedError,
+    TxnIdReusedError,
 )
 from kiosk.board.factory import DEFAULT_PROTOCOL, PROTOCOLS, open_board
 from kiosk.board.modbus_rtu import ModbusRtuDriver
@@ -59,5 +60,6 @@ __all__ = [
     "OneCardV1Driver",
     "RegisterLink",
     "SlotTestResult",
+    "TxnIdReusedError",
     "open_board",
 ]

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from firmware_protocols import onecard_v1 as p
+from kiosk.board.errors import TxnIdReusedError
 
 TRAFFIC = 5  # log level of the wire trace (hex), below DEBUG
 
@@ -102,11 +103,13 @@ class RegisterLink(Protocol):
 class BoardDriver(Protocol):
     def info(self) -> BoardInfo: ...
 
-    def dispense(self, slot: int, txn_id: int) -> DispenseResult: ...  # txn_id: u32
+    def dispense(self, slot: int, txn_id: int) -> DispenseResult: ...  # txn_id: u32, new only
 
     def query(self, txn_id: int) -> DispenseResult | None: ...
 
     def stock(self) -> dict[int, int]: ...
+
+    def last_txn_id(self) -> int: ...  # the board's highest recorded txn id (PROTOCOL.md 6.2)
 
     def close(self) -> None: ...
 
@@ -140,6 +143,14 @@ def check_slot(slot: int) -> None:
 def check_txn(txn_id: int) -> None:
     if not 1 <= txn_id <= p.TXN_MAX:
         raise ValueError(f"txn_id {txn_id} out of range 1..{p.TXN_MAX}")
+
+
+def check_new_txn(txn_id: int, board_last: int) -> None:
+    """DISPENSE is for new transactions only (PROTOCOL.md 6.2): an id at or below the board's
+    last recorded id when the session began belongs to an earlier transaction."""
+    check_txn(txn_id)
+    if txn_id <= board_last:
+        raise TxnIdReusedError(txn_id, board_last)
 
 
 def flag_names(kind: type[IntFlag], value: int) -> frozenset[str]:

@@ -1,4 +1,4 @@
-"""The board drivers' errors (PROTOCOL.md 4.7, 5.5): one hierarchy under ``BoardError``,
+"""The board drivers' errors (PROTOCOL.md 4.7, 5.5, 6.2): one hierarchy under ``BoardError``,
 with structured fields; turned into words only on the kiosk screen and in its log."""
 
 from __future__ import annotations
@@ -42,6 +42,21 @@ class BoardRejectedError(BoardError):
 
 class BoardBusyError(BoardRejectedError):
     """Another dispense is running on the board."""
+
+
+class TxnIdReusedError(BoardError):
+    """A DISPENSE for a transaction id the board already had a record of when this session
+    began (PROTOCOL.md 6.2): the host's ids were reused (a lost or reset journal). Nothing was
+    sent; the board would have answered with an old transaction's outcome. The host must move
+    its ids above ``board_last`` (``Journal.continue_txn_ids_above``)."""
+
+    def __init__(self, txn_id: int, board_last: int) -> None:
+        super().__init__(
+            f"txn {txn_id} is not above the board's last recorded txn {board_last}: "
+            "the journal's ids were reused"
+        )
+        self.txn_id = txn_id
+        self.board_last = board_last
 
 
 class ModbusRefusedError(BoardError):

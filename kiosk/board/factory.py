@@ -22,12 +22,14 @@ def open_board(
     poll_interval: float | None = None,
     dispense_timeout: float = 20.0,
     unit: int = mb.UNIT,
+    half_duplex: bool = False,
 ) -> BoardDriver:
     """Open the board on serial ``device`` with the driver for ``protocol``
     ("onecard-v1" or "modbus-rtu", from the kiosk's configuration).
 
     The keyword options tune the driver; the defaults follow PROTOCOL.md section 5 (and 11 for
-    Modbus, where ``unit`` is the board's address). Raises ``BoardLinkError`` when the device
+    Modbus, where ``unit`` is the board's address); ``half_duplex`` is for an RS-485 line
+    (onecard-v1, 5.4; Modbus is half duplex by design). Raises ``BoardLinkError`` when the device
     cannot be opened and ``ValueError`` for an unknown protocol.
     """
     if protocol not in PROTOCOLS:
@@ -52,4 +54,5 @@ def open_board(
         retries=retries,
         poll_interval=1.0 if poll_interval is None else poll_interval,
         dispense_timeout=dispense_timeout,
+        half_duplex=half_duplex,
     )

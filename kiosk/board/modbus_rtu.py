@@ -1,5 +1,11 @@
 """The kiosk's driver for a board speaking Modbus RTU (the register map of PROTOCOL.md section
 11), over a ``RegisterLink`` (``kiosk.board.serial_link.ModbusRtuLink``, through pymodbus).
+
+Modbus has no sequence numbers and no events, so the transaction id carries the whole safety
+rule (11.3): the DISPENSE block names the transaction, a repeated write of it is answered from
+the board's record, and the outcome is polled from the TXN block, every ``POLL_INTERVAL``
+(chosen in 11.4 so polling takes a small share of a 9600 baud line). As over onecard-v1,
+DISPENSE goes only to ids above the board's LAST_TXN read when the session began (6.2).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from kiosk.board.base import (
     ClosingDriver,
     DispenseResult,
     RegisterLink,
+    check_new_txn,
     check_slot,
     check_txn,
     flag_names,
@@ -32,17 +39,12 @@ from kiosk.board.errors import (
 )
 
 PROTOCOL = "modbus-rtu"
-POLL_INTERVAL = 0.05  # seconds between two polls of a started dispense (PROTOCOL.md 11.3)
+POLL_INTERVAL = 0.25  # seconds between two polls of a started dispense (PROTOCOL.md 11.4)
 
 
 class ModbusRtuDriver(ClosingDriver):
-    """``BoardDriver`` for the Modbus RTU register map (PROTOCOL.md section 11).
-
-    Modbus has no sequence numbers and no events, so the transaction id carries the whole
-    safety rule: the DISPENSE block names the transaction, a repeated write of it (pymodbus's
-    own retries, or ours after asking) is answered from the board's record, and the outcome is
-    polled from the TXN block. ``poll_interval`` is the pause between two polls.
-    """
+    """``BoardDriver`` for the Modbus RTU register map (PROTOCOL.md section 11);
+    ``poll_interval`` is the pause between two polls of a started dispense."""
 
     protocol = PROTOCOL
 
@@ -59,6 +61,8 @@ class ModbusRtuDriver(ClosingDriver):
         self._lock = threading.RLock()
         self._counters = {"queries": 0, "redispatches": 0, "polls": 0, "refusals": 0}
         self._closed = False
+        self._board_last: int | None = None  # LAST_TXN when the session began
+        self._selected: int | None = None  # the transaction we selected in the TXN block
 
     def close(self) -> None:
         with self._lock:
@@ -110,15 +114,25 @@ class ModbusRtuDriver(ClosingDriver):
             uptime_s=0,
         )
 
+    def last_txn_id(self) -> int:
+        """The board's LAST_TXN when this session began (PROTOCOL.md 6.2, 11.2)."""
+        with self._lock:
+            if self._board_last is None:
+                hi, lo = self._read("LAST_TXN", mb.Reg.LAST_TXN_HI, 2)
+                self._board_last = (hi << 16) | lo
+            return self._board_last
+
     def dispense(self, slot: int, txn_id: int) -> DispenseResult:
         check_slot(slot)
         check_txn(txn_id)
         with self._lock:
+            check_new_txn(txn_id, self.last_txn_id())
             deadline = time.monotonic() + self._dispense_timeout
             block = [slot, txn_id >> 16, txn_id & 0xFFFF]
             while True:
                 try:
                     self._write("DISPENSE", mb.Reg.DISPENSE_SLOT, block)
+                    self._selected = txn_id  # the DISPENSE block also selects it (11.2)
                     break
                 except BoardTimeoutError:
                     if time.monotonic() >= deadline:
@@ -164,13 +178,17 @@ class ModbusRtuDriver(ClosingDriver):
             time.sleep(self._poll_interval)
 
     def _txn(self, txn_id: int) -> p.TxnReport:
-        """Select the transaction and read its report (the TXN block)."""
+        """The transaction's report (the TXN block): one read when it is still selected, else
+        select it first (a board that restarted forgets the selection; 11.3)."""
         self._counters["queries"] += 1
         for _ in range(3):
-            self._write("QUERY", mb.Reg.TXN_HI, [txn_id >> 16, txn_id & 0xFFFF])
+            if self._selected != txn_id:
+                self._write("QUERY", mb.Reg.TXN_HI, [txn_id >> 16, txn_id & 0xFFFF])
+                self._selected = txn_id
             regs = self._read("QUERY", mb.Reg.TXN_HI, 6)
             if (regs[0] << 16) | regs[1] == txn_id:
-                break  # else the board restarted between the two requests: ask again
+                break
+            self._selected = None
         else:
             raise BoardProtocolError(f"board does not keep txn {txn_id} selected")
         try:

@@ -8,8 +8,12 @@ two together::
         result = board.dispense(slot=1, txn_id=42)     # blocks until the drop sensor decides
         if result.outcome is DispenseOutcome.OK: ...   # anything else: void at the server
 
-The rules it keeps (PROTOCOL.md section 6):
+The rules it keeps (PROTOCOL.md sections 5 and 6):
 
+* the first request of a session is SYNC (6.1): it empties the board's repeat cache, so a host
+  that restarted and numbers its requests from 1 again never gets an old reply, and it tells the
+  driver the board's last recorded transaction id: DISPENSE goes only to ids above it (6.2);
+  SYNC is retried for the board's whole boot time (5.7), so a board still starting is waited for;
 * a request that gets no reply is retransmitted with the same sequence number, so the board
   answers a repeat from its cache instead of acting twice;
 * when DISPENSE is never acknowledged, the driver asks QUERY before it decides: only a board
@@ -17,12 +21,15 @@ The rules it keeps (PROTOCOL.md section 6):
   transaction before its motor turns, so "unknown" means the motor never turned);
 * a started transaction is resolved by the DISPENSE_RESULT event or, when that is lost or the
   board restarted (POWER_UP), by QUERY; the driver never re-sends DISPENSE for it;
+* on a half-duplex line (``half_duplex=True``, RS-485) it sends a request only after the line
+  has been quiet for ``LINE_QUIET``: the board's events follow its reply (5.4);
 * one lock serialises all exchanges, so threads may share a driver.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict, deque
@@ -39,6 +46,7 @@ from kiosk.board.base import (
     DispenseResult,
     Link,
     SlotTestResult,
+    check_new_txn,
     check_slot,
     check_txn,
     flag_names,
@@ -64,6 +72,8 @@ SCHEDULING_MARGIN = 0.030  # our own process and the OS
 SMALL_REPLY = 32  # bytes: every reply but INFO and the stock lists fits
 EVENT_ALLOWANCE = 40  # bytes of events the board may push before its reply
 INTER_FRAME_GAP = 0.050  # a partial frame idle this long is dropped (PROTOCOL.md 5.2)
+BOOT_TIME = 2.0  # a board answers within this of power-on or RESET (PROTOCOL.md 5.7)
+LINE_QUIET = 0.010  # half duplex: silence before a request (PROTOCOL.md 5.4)
 
 
 @dataclass
@@ -96,8 +106,10 @@ class OneCardV1Driver(ClosingDriver):
 
     ``reply_timeout`` (seconds) overrides the deadline computed from ``baudrate``;
     ``poll_interval`` is how long a started dispense waits for its result event before it
-    asks QUERY; ``dispense_timeout`` bounds a whole dispense. ``on_event`` sees every
-    event the board pushes (called with the lock held: it must not call the driver).
+    asks QUERY; ``dispense_timeout`` bounds a whole dispense; ``boot_time`` is how long the
+    session's SYNC is asked again for a board that may be starting; ``half_duplex`` keeps the
+    RS-485 rule of 5.4. ``on_event`` sees every event the board pushes (called with the lock
+    held: it must not call the driver).
     """
 
     protocol = PROTOCOL
@@ -112,6 +124,8 @@ class OneCardV1Driver(ClosingDriver):
         poll_interval: float = 1.0,
         dispense_timeout: float = 20.0,
         reset_timeout: float = 5.0,
+        boot_time: float = BOOT_TIME,
+        half_duplex: bool = False,
         on_event: Callable[[p.Message], None] | None = None,
     ) -> None:
         self._link = link
@@ -121,6 +135,8 @@ class OneCardV1Driver(ClosingDriver):
         self._poll_interval = poll_interval
         self._dispense_timeout = dispense_timeout
         self._reset_timeout = reset_timeout
+        self._boot_time = boot_time
+        self._half_duplex = half_duplex
         self._on_event = on_event
         self._lock = threading.RLock()
         self._reader = p.FrameReader(on_skip=self._trace_skip)
@@ -130,6 +146,7 @@ class OneCardV1Driver(ClosingDriver):
         self._seen = _Observed()
         self._last_rx = time.monotonic()
         self._closed = False
+        self._board_last: int | None = None  # from SYNC: None until the session began
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -158,6 +175,7 @@ class OneCardV1Driver(ClosingDriver):
         check_slot(slot)
         check_txn(txn_id)
         with self._lock:
+            check_new_txn(txn_id, self.last_txn_id())
             deadline = time.monotonic() + self._dispense_timeout
             report = self._start_dispense(slot, txn_id, deadline)
             if report.state is not p.TxnState.DONE:
@@ -181,6 +199,15 @@ class OneCardV1Driver(ClosingDriver):
             reply = self._exchange(p.Stock(), p.StockReply, reply_size=p.MAX_FRAME)
         return dict(reply.counts)
 
+    def last_txn_id(self) -> int:
+        """The highest transaction id the board had recorded when this session began (its
+        SYNC): a new transaction's id must be above it (PROTOCOL.md 6.2)."""
+        with self._lock:
+            if self._board_last is None:
+                self._sync()
+            assert self._board_last is not None
+            return self._board_last
+
     # ----------------------------------------------------------------- more of the board
 
     def status(self) -> BoardStatus:
@@ -200,6 +227,19 @@ class OneCardV1Driver(ClosingDriver):
         with self._lock:
             r = self._exchange(p.SlotTest(slot), p.SlotTestReply)
         return SlotTestResult(r.slot, r.motor.name.lower(), r.sensor.name.lower())
+
+    def temperature_limits(
+        self, low_c: float | None = None, high_c: float | None = None
+    ) -> tuple[float, float]:
+        """Set the board's temperature limits (both given), or only read them (PROTOCOL.md
+        4.10); returns the limits in force, in °C."""
+        if (low_c is None) != (high_c is None):
+            raise ValueError("give both limits, or neither")
+        low = p.NO_TEMPERATURE if low_c is None else round(low_c * 10)
+        high = p.NO_TEMPERATURE if high_c is None else round(high_c * 10)
+        with self._lock:
+            r = self._exchange(p.TempLimits(low, high), p.TempLimitsReply)
+        return r.low_dc / 10, r.high_dc / 10
 
     def set_stock(self, slot: int, count: int) -> dict[int, int]:
         check_slot(slot)
@@ -284,9 +324,31 @@ class OneCardV1Driver(ClosingDriver):
 
     # ----------------------------------------------------------------- exchange
 
+    def _sync(self) -> None:
+        """Begin the session (PROTOCOL.md 6.1): SYNC with a new nonce, asked again until the
+        board's boot time has passed, so a board that is still starting is waited for."""
+        nonce = secrets.randbits(32) or 1
+        deadline = time.monotonic() + self._boot_time
+        while True:
+            try:
+                reply = self._exchange(p.Sync(nonce), p.SyncReply)
+            except BoardTimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                continue
+            if reply.nonce == nonce:
+                break
+            self._counters.stale_frames += 1  # another session's SYNC reply: ask again
+        self._board_last = reply.last_txn
+        log.info("board session: last txn %d, boot %d", reply.last_txn, reply.boot_count)
+
     def _exchange(self, request: p.Message, expect: type[_M], reply_size: int = SMALL_REPLY) -> _M:
         if self._closed:
             raise BoardLinkError("driver is closed")
+        if self._board_last is None and not isinstance(request, p.Sync):
+            self._sync()
+        if self._half_duplex:
+            self._await_quiet()
         self._seq = self._seq % 255 + 1
         seq = self._seq
         raw = p.encode(p.Frame(seq, request))
@@ -363,6 +425,17 @@ class OneCardV1Driver(ClosingDriver):
             log.warning("board fault %s on slot %d", msg.faults, msg.slot)
         if self._on_event is not None:
             self._on_event(msg)
+
+    def _await_quiet(self) -> None:
+        """Half duplex: listen until the line has been silent for ``LINE_QUIET`` (the board's
+        events behind its last reply), bounded so a babbling line cannot stall us."""
+        limit = time.monotonic() + BOARD_TURNAROUND + INTER_FRAME_GAP
+        while True:
+            now = time.monotonic()
+            quiet_at = self._last_rx + LINE_QUIET
+            if now >= quiet_at or now >= limit:
+                return
+            self._dispatch(self._receive(min(quiet_at, limit)))
 
     def _write(self, raw: bytes) -> None:
         log.log(TRAFFIC, "tx %s", raw.hex())
