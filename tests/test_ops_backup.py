@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import text
 
 from kiosk.board import DispenseOutcome
@@ -32,7 +31,6 @@ from tests.fixtures.database import ServerWorld, TestKiosk
 from tests.fixtures.serving import serve_app
 from tests.test_kiosk_recovery import FakeBoard
 
-FIELD_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # as tests.fixtures.database
 PASSPHRASE = "correct horse battery staple"
 
 
@@ -83,14 +81,8 @@ def test_backup_wipe_restore_and_the_kiosk_settles(
 ) -> None:
     w = server_world
     w.clock.follow_real_time()  # the kiosk's own client signs with the real clock
-    ca_path = tmp_path / "card-ca.pem"
-    ca_path.write_bytes(w.ca.certificate.public_bytes(Encoding.PEM))
     environment = {
-        "ONECARD_DATABASE_URL": database_url,
-        "ONECARD_DATA_DIR": str(tmp_path / "server-data"),  # as the server_world fixture
-        "ONECARD_FIELD_KEY": FIELD_KEY,
-        "ONECARD_CARD_CA_CERT": str(ca_path),
-        "ONECARD_PRODUCTION": "0",
+        **w.environment(tmp_path / "card-ca.pem"),
         "ONECARD_BACKUP_PASSPHRASE": PASSPHRASE,
     }
     for name, value in environment.items():

@@ -1,12 +1,14 @@
 """HTTPS end to end (issue 13, part 2): Debian's nginx with the repository's
-deploy/nginx/onecard.conf, a test CA and server certificate, in front of the server on a real
-port; the kiosk's own client authorizes and captures through it, verifying the proxy against
+deploy/nginx/onecard.conf, a test CA and server certificate, in front of gunicorn (and of the
+test server on a real port); the kiosk's own client authorizes and captures through it, its
+request ids in gunicorn's JSON log, verifying the proxy against
 the configured CA; given another CA it refuses to talk; /metrics is not exposed; HSTS is sent;
 bodies over 64 KiB are refused at the proxy; plain HTTP redirects to HTTPS; the request id
 passes through."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Iterator
@@ -16,9 +18,11 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+import kiosk.client
 from kiosk.client import ServerClient
 from kiosk.errors import ServerTrustError, ServerUnavailableError
 from tests.fixtures.database import ServerWorld
+from tests.fixtures.serving import running_gunicorn
 from tests.fixtures.tls import Proxy, ProxyCA, running_nginx
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -26,10 +30,26 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 @pytest.fixture
 def proxy(live_server: str, tmp_path: Path) -> Iterator[tuple[Proxy, ProxyCA]]:
+    """nginx in front of the test server (werkzeug, in this process)."""
     pki = ProxyCA(tmp_path / "pki")
     upstream_port = int(urlsplit(live_server).port or 0)
     with running_nginx(tmp_path / "nginx", upstream_port, pki) as running:
         yield running, pki
+
+
+@pytest.fixture
+def gunicorn_proxy(
+    server_world: ServerWorld, tmp_path: Path
+) -> Iterator[tuple[Proxy, ProxyCA, Path]]:
+    """nginx in front of gunicorn serving the same server as `server_world` (its database and
+    keys), as in production; and gunicorn's log (JSON lines on its standard output)."""
+    pki = ProxyCA(tmp_path / "pki")
+    log = tmp_path / "gunicorn.log"
+    environment = server_world.environment(tmp_path / "card-ca.pem")
+    with running_gunicorn(environment, log) as upstream:
+        port = int(urlsplit(upstream).port or 0)
+        with running_nginx(tmp_path / "nginx", port, pki) as running:
+            yield running, pki, log
 
 
 def _count_authorizations(w: ServerWorld) -> int:
@@ -39,18 +59,34 @@ def _count_authorizations(w: ServerWorld) -> int:
         return int(session.scalar(text("SELECT count(*) FROM authorizations")) or 0)
 
 
-def test_a_kiosk_authorizes_through_the_tls_proxy(
-    server_world: ServerWorld, proxy: tuple[Proxy, ProxyCA], live_server: str
+def test_a_kiosk_authorizes_through_the_tls_proxy_in_front_of_gunicorn(
+    server_world: ServerWorld,
+    gunicorn_proxy: tuple[Proxy, ProxyCA, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    running, pki = proxy
+    running, pki, gunicorn_log = gunicorn_proxy
     w = server_world
     w.clock.follow_real_time()  # the kiosk's client signs with the real clock
+    sent: list[str] = []
+    make_id = kiosk.client.new_request_id
+    monkeypatch.setattr(kiosk.client, "new_request_id", lambda: sent.append(make_id()) or sent[-1])
     with ServerClient(running.url, w.kiosk.id, w.kiosk.key, server_ca=pki.ca_path) as client:
         answer = client.authorize(w.kiosk.tap(w.card, w.clock), 1, secrets.token_hex(8))
         assert answer.approved and answer.authorization_id
         captured = client.capture(answer.authorization_id, 7, secrets.token_hex(8))
         assert captured["status"] == "captured"
     assert _count_authorizations(w) == 1
+    # gunicorn's standard output is the JSON log; each kiosk call is there with its request id.
+    logged = {}
+    for line in gunicorn_log.read_text().splitlines():
+        if line.startswith("{"):
+            doc = json.loads(line)
+            logged[doc.get("request_id")] = doc
+    assert [logged[i]["path"] for i in sent] == [
+        "/api/v1/authorizations",
+        f"/api/v1/authorizations/{answer.authorization_id}/capture",
+    ]
+    assert all(logged[i]["status"] == 200 and logged[i]["device"] == w.kiosk.id for i in sent)
     # The proxy saw the kiosk's calls (its access log), the server answered them.
     log = running.access_log.read_text()
     assert re.search(r'"POST /api/v1/authorizations HTTP/1\.1" 20[01] ', log), log
