@@ -6,7 +6,7 @@ One run measures, on the same machine and the same database:
    load-generator process (bench/server_load_generator.py: asyncio, raw keep-alive HTTP, authorize
    requests signed before the clock starts), so its CPU is measured and kept small;
 2. pgbench's simple-update TPS (`pgbench -N`, same number of clients) on the same database;
-3. a no-op endpoint (`GET /api/v1/health`) of the same server, same configuration, same clients.
+3. a no-op endpoint (`GET /api/v1/server-key`, no database) of the same server, same configuration, same clients.
 
 4. the same kiosks in an open loop at 25, 50 and 75% of the rate measured in 1: taps arrive at
    random (Poisson) whether or not the server keeps up, and latency counts from when each tap was
@@ -16,7 +16,7 @@ One run measures, on the same machine and the same database:
 It prints authorizations/s, p50/p99 of authorize and capture, and the ratios to both baselines.
 
     .venv/bin/python bench/bench_server.py [--seconds 10] [--clients 64] [--database postgresql]
-        [--workers <cores>] [--threads 4]
+        [--workers <cores>] [--threads 4] [--server gunicorn|granian]
 
 The server is started as in production (server.wsgi:app under gunicorn's gthread worker,
 configured from the environment; the schema comes from the migrations). Each kiosk's cards have a
@@ -142,6 +142,31 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def server_command(kind: str, port: int, workers: int, threads: int) -> list[str]:
+    """The server as production starts it: gunicorn with server.gunicorn_config, or granian (a
+    Rust WSGI server) with the same workers and threads, for the side-by-side figures."""
+    if kind == "granian":
+        return [
+            str(Path(sys.executable).with_name("granian")),
+            "--interface",
+            "wsgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--blocking-threads",
+            str(threads),
+            "--backlog",
+            "2048",
+            "--log-level",
+            "warning",
+            "server.wsgi:app",
+        ]
+    return gunicorn_command(port, workers, threads)
+
+
 def gunicorn_command(port: int, workers: int, threads: int) -> list[str]:
     return [
         sys.executable,
@@ -241,7 +266,7 @@ def run(db: Database, args: argparse.Namespace) -> bool:
             pg_tps = pgbench_tps(db.pg_user, db.pg_name, args.clients, args.seconds)
         port = free_port()
         server = subprocess.Popen(
-            gunicorn_command(port, args.workers, args.threads),
+            server_command(args.server, port, args.workers, args.threads),
             env={**os.environ, **env, "ONECARD_DATABASE_URL": db.url},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -320,7 +345,7 @@ def report(
     noop_rate = len(noop_run["authorize_ms"]) / noop_run["elapsed"]
     p99 = percentile(authorize, 99)
     print(
-        f"{label}: {args.clients} kiosks, {elapsed:.1f} s, gunicorn gthread "
+        f"{label}: {args.clients} kiosks, {elapsed:.1f} s, {args.server} "
         f"{args.workers} workers x {args.threads} threads, {os.cpu_count()} CPUs"
     )
     print(
@@ -362,7 +387,7 @@ def report(
         )
     noop_p50 = percentile(noop_run["authorize_ms"], 50)
     print(
-        f"  no-op GET /api/v1/health {noop_rate:.0f} requests/s (p50 {noop_p50:.1f} ms); "
+        f"  no-op GET /api/v1/server-key {noop_rate:.0f} requests/s (p50 {noop_p50:.1f} ms); "
         f"kiosk requests/s at {2 * rate / noop_rate:.3f} of it, authorizations/s at "
         f"{rate / noop_rate:.3f}"
     )
@@ -416,6 +441,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--no-pgbench", action="store_true")
+    parser.add_argument("--server", choices=["gunicorn", "granian"], default="gunicorn")
     args = parser.parse_args()
     ok = True
     if args.database in ("sqlite", "both"):

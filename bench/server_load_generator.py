@@ -12,7 +12,8 @@ during the run (one Ed25519 signature each).
 
 kiosk: each kiosk taps again as soon as its last tap is settled (closed loop: saturation).
 paced: taps arrive at random at RATE per second in all (open loop: latency at a given load).
-noop: GET /api/v1/health in a closed loop.
+noop: GET /api/v1/server-key in a closed loop (a public call that reads no database: the
+    framework and the WSGI server alone; /api/v1/health now checks the database).
 
 SPEC.json: {"host", "port", "kiosks": [{"id", "key": base64 raw Ed25519 private key,
 "cards": [[guid hex, base64 PKCS8 DER P-256 private key], ...], "counter": first counter}]}.
@@ -177,13 +178,13 @@ async def drive_paced(
 
 async def drive_noop(kiosk: SimKiosk, host: str, port: int, deadline: float) -> None:
     link = Link(host, port)
-    request = f"GET /api/v1/health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    request = f"GET /api/v1/server-key HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     try:
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
             status, body = await link.exchange(request)
             if status != 200:
-                kiosk.errors.append(f"health: {status} {body[:200]!r}")
+                kiosk.errors.append(f"server-key: {status} {body[:200]!r}")
                 continue
             kiosk.authorize_ms.append((time.perf_counter() - t0) * 1000)
     finally:
