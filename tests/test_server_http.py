@@ -19,7 +19,7 @@ def test_kiosk_client_walks_to_the_limit_over_http(
     w = server_world
     w.clock.follow_real_time()
     with ServerClient(live_server, w.kiosk.id, w.kiosk.key) as client:
-        assert requests.get(live_server + "/api/v1/health", timeout=5).json() == {"status": "ok"}
+        assert requests.get(live_server + "/api/v1/health", timeout=5).json()["status"] == "ok"
         for left in (2, 1, 0):
             answer = client.authorize(
                 w.kiosk.tap(w.card, w.clock), slot=1, idempotency_key=f"tap-{left}"
