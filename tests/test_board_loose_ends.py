@@ -149,8 +149,11 @@ def test_a_restored_journal_does_not_reuse_the_boards_txn_ids(
         with pytest.raises(TxnIdReusedError) as refused:
             b.dispense(1, reused.id)
         assert (refused.value.txn_id, refused.value.board_last) == (reused.id, board_last)
-        # What the board holds for that id: the old resident's OK. Nothing was sent for it.
-        assert b.query(reused.id) == DispenseResult(reused.id, 1, DispenseOutcome.OK, 9)
+        # Nothing was sent for it; and the board's record for that id (the old resident's OK)
+        # is not this transaction's: the session will not settle it from a QUERY either.
+        assert sim.stats()["outcomes"][str(reused.id)] == "ok"
+        with pytest.raises(TxnIdReusedError):
+            b.query(reused.id)
         assert sim.stats()["motor_runs"] == {str(i): 1 for i in old_ids}
         journal.advance(reused.id, TxnState.NOT_DISPENSED, outcome="txn_id_reused")
 
@@ -175,14 +178,9 @@ def test_continue_txn_ids_above_never_goes_back(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- 3. runaway motor
 
 
-def test_runaway_with_a_seeing_sensor_is_cut_at_the_drop() -> None:
-    bench = Bench(Faults(runaway={1}))
-    result = bench.dispense(1, 1)
-    assert result == p.DispenseResult(1, S.DONE, 1, OC.OK, 2)
-    assert p.FaultEvent(p.Fault.MOTOR, 1) in bench.events
-
-
-# (the blind sensor case: test_board_firmware.test_runaway_motor_with_a_blind_sensor_...)
+# In test_board_firmware: test_runaway_motor_is_stopped_by_the_drop_and_flagged (a drop seen
+# cuts the motor: OK and fault MOTOR) and test_runaway_motor_with_a_blind_sensor_is_cut_off_
+# as_motor_fault (no drop seen: the cut-off, then MOTOR_FAULT, not NO_DROP).
 
 
 # --------------------------------------------------------------------------- 4. POWER_LOSS

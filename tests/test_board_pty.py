@@ -105,10 +105,10 @@ def test_state_survives_a_restart(board_sim: BoardSim) -> None:
         assert b.query(404) is None
         # A new session knows txn 6 is the board's: DISPENSE for it is refused unsent
         # (PROTOCOL.md 6.2); the board itself would answer from its record (test_board_firmware).
+        assert b.query(6) == DispenseResult(6, 1, DispenseOutcome.OK, 8)
         assert b.last_txn_id() == 6
         with pytest.raises(TxnIdReusedError):
             b.dispense(1, 6)
-        assert b.query(6) == DispenseResult(6, 1, DispenseOutcome.OK, 8)
         assert b.status().boot_count == 2
     stats = board_sim.stats()
     assert stats["motor_runs"] == {"5": 1, "6": 1}

@@ -145,12 +145,25 @@ def check_txn(txn_id: int) -> None:
         raise ValueError(f"txn_id {txn_id} out of range 1..{p.TXN_MAX}")
 
 
-def check_new_txn(txn_id: int, board_last: int) -> None:
-    """DISPENSE is for new transactions only (PROTOCOL.md 6.2): an id at or below the board's
-    last recorded id when the session began belongs to an earlier transaction."""
-    check_txn(txn_id)
-    if txn_id <= board_last:
-        raise TxnIdReusedError(txn_id, board_last)
+class ReusedIdGuard:
+    """PROTOCOL.md 6.2 on the host's side, for one driver session: DISPENSE only for ids above
+    ``board_last`` (the board's highest recorded id when the session began). An id refused as
+    reused is not queried either: the board's record for it is another transaction's, and
+    settling this one from it would charge (or void) the wrong tap."""
+
+    def __init__(self) -> None:
+        self._refused: set[int] = set()
+
+    def check_dispense(self, txn_id: int, board_last: int) -> None:
+        check_txn(txn_id)
+        if txn_id <= board_last:
+            self._refused.add(txn_id)
+            raise TxnIdReusedError(txn_id, board_last)
+
+    def check_query(self, txn_id: int, board_last: int) -> None:
+        check_txn(txn_id)
+        if txn_id in self._refused:
+            raise TxnIdReusedError(txn_id, board_last)
 
 
 def flag_names(kind: type[IntFlag], value: int) -> frozenset[str]:

@@ -22,7 +22,7 @@ from kiosk.board.base import (
     ClosingDriver,
     DispenseResult,
     RegisterLink,
-    check_new_txn,
+    ReusedIdGuard,
     check_slot,
     check_txn,
     flag_names,
@@ -61,6 +61,7 @@ class ModbusRtuDriver(ClosingDriver):
         self._lock = threading.RLock()
         self._counters = {"queries": 0, "redispatches": 0, "polls": 0, "refusals": 0}
         self._closed = False
+        self._reused = ReusedIdGuard()
         self._board_last: int | None = None  # LAST_TXN when the session began
         self._selected: int | None = None  # the transaction we selected in the TXN block
 
@@ -126,7 +127,7 @@ class ModbusRtuDriver(ClosingDriver):
         check_slot(slot)
         check_txn(txn_id)
         with self._lock:
-            check_new_txn(txn_id, self.last_txn_id())
+            self._reused.check_dispense(txn_id, self.last_txn_id())
             deadline = time.monotonic() + self._dispense_timeout
             block = [slot, txn_id >> 16, txn_id & 0xFFFF]
             while True:
@@ -152,6 +153,7 @@ class ModbusRtuDriver(ClosingDriver):
     def query(self, txn_id: int) -> DispenseResult | None:
         check_txn(txn_id)
         with self._lock:
+            self._reused.check_query(txn_id, self._board_last or 0)
             report = self._txn(txn_id)
             if report.state is p.TxnState.UNKNOWN:
                 return None

@@ -45,8 +45,8 @@ from kiosk.board.base import (
     ClosingDriver,
     DispenseResult,
     Link,
+    ReusedIdGuard,
     SlotTestResult,
-    check_new_txn,
     check_slot,
     check_txn,
     flag_names,
@@ -146,6 +146,7 @@ class OneCardV1Driver(ClosingDriver):
         self._seen = _Observed()
         self._last_rx = time.monotonic()
         self._closed = False
+        self._reused = ReusedIdGuard()
         self._board_last: int | None = None  # from SYNC: None until the session began
 
     # ----------------------------------------------------------------- lifecycle
@@ -175,7 +176,7 @@ class OneCardV1Driver(ClosingDriver):
         check_slot(slot)
         check_txn(txn_id)
         with self._lock:
-            check_new_txn(txn_id, self.last_txn_id())
+            self._reused.check_dispense(txn_id, self.last_txn_id())
             deadline = time.monotonic() + self._dispense_timeout
             report = self._start_dispense(slot, txn_id, deadline)
             if report.state is not p.TxnState.DONE:
@@ -187,6 +188,7 @@ class OneCardV1Driver(ClosingDriver):
     def query(self, txn_id: int) -> DispenseResult | None:
         check_txn(txn_id)
         with self._lock:
+            self._reused.check_query(txn_id, self._board_last or 0)
             report = self._query(txn_id)
             if report.state is p.TxnState.UNKNOWN:
                 return None
