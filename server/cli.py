@@ -27,11 +27,16 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from server import services
+from server.app import context_of, create_app
 from server.config import SECRETS, ConfigError, ServerConfig, database_url_of, settings_reader
 from server.errors import ApiError
+from server.http.requestlog import configure_logging
 from server.services import health
 from server.store import backup as backups
 from server.store.audit import verify_chain
+from server.store.db import db
+from server.store.migrate import upgrade
 from server.store.models import Role
 
 EXIT_FAILED = 1
@@ -176,23 +181,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     config = ServerConfig.load()
     if args.command == "init-db":
-        from server.store.migrate import upgrade
-
         upgrade(config.database_url)
         print(f"schema is up to date ({_redact(config.database_url)})")
         return 0
     if args.command == "run":
-        from server.app import create_app
-        from server.http.requestlog import configure_logging
-
         configure_logging()
         app = create_app(config)
         app.run(host=args.host, port=args.port, threaded=True)
         return 0
-
-    from server import services
-    from server.app import context_of, create_app
-    from server.store.db import db
 
     app = create_app(config)
     ctx = context_of(app)
@@ -283,9 +279,6 @@ def _restore(path: Path, *, force: bool) -> int:
     for note in summary.notes:
         print(f"  note: {note}")
     print("next: `onecard server init-db` (if this version is newer), then start the server")
-    from server.app import create_app
-    from server.store.db import db
-
     app = create_app(ServerConfig.load())
     try:
         with db.bound(app).sessionmaker() as session:
