@@ -16,6 +16,7 @@ from server.http import framework, metrics, problems, requestlog
 from server.services import Context
 from server.store.db import db
 from server.store.fieldcrypto import FieldCipher
+from server.web import setup as web
 from server.web import station as station_page
 
 # The JSON API by audience (the provisioning blueprint is registered with its secrets).
@@ -57,6 +58,7 @@ def create_app(config: Mapping[str, Any] | ServerConfig | None = None) -> Flask:
     for blueprint in (*API_BLUEPRINTS, station_page.pages):
         app.register_blueprint(blueprint)
     provisioning.init_app(app, config)
+    web.init_app(app, config if isinstance(config, Mapping) else None)
     return app
 
 

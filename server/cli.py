@@ -1,4 +1,5 @@
-"""`onecard server ...`: init-db, seed-demo, add-kiosk, add-station, create-user, verify-audit,
+"""`onecard server ...`: init-db, seed-demo, add-kiosk, add-station, create-user, set-password,
+tokens, reindex-residents, verify-audit,
 prune, health, keygen-secrets, backup, restore, run.
 
 `main(argv) -> exit status`; the `onecard` console script delegates its `server` subcommand here.
@@ -24,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -32,12 +34,12 @@ from server.app import context_of, create_app
 from server.config import SECRETS, ConfigError, ServerConfig, database_url_of, settings_reader
 from server.errors import ApiError
 from server.http.requestlog import configure_logging
-from server.services import health
+from server.services import health, people, staff_auth
 from server.store import backup as backups
 from server.store.audit import verify_chain
 from server.store.db import db
 from server.store.migrate import upgrade
-from server.store.models import Role
+from server.store.models import Role, StaffUser
 
 EXIT_FAILED = 1
 EXIT_CONFIGURATION = 2
@@ -112,6 +114,32 @@ def _parser() -> argparse.ArgumentParser:
         "--role", required=True, choices=[r.value for r in Role], help="what the user may do"
     )
     user.add_argument("--region", help="region code the user is scoped to (default: everywhere)")
+    user.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="give the user a password read from standard input (the first administrator) "
+        "instead of a bearer token; they change it at their first sign-in",
+    )
+    password = _command(
+        commands, "set-password", "set a staff user's password (read from standard input)"
+    )
+    password.add_argument("--name", required=True, help="the user's name")
+    password.add_argument(
+        "--keep", action="store_true", help="the user need not change it at the next sign-in"
+    )
+    tokens = _command(commands, "tokens", "bearer tokens for scripts: list, issue, rotate, revoke")
+    tokens.add_argument("action", choices=["list", "issue", "rotate", "revoke"])
+    tokens.add_argument("--name", help="issue: the user the token is for")
+    tokens.add_argument("--label", default="script", help="issue: what the token is for")
+    tokens.add_argument("--id", type=int, dest="token_id", help="rotate, revoke: the token's id")
+    tokens.add_argument(
+        "--days", type=int, default=staff_auth.DEFAULT_TOKEN_DAYS, help="issue, rotate: lifetime"
+    )
+    _command(
+        commands,
+        "reindex-residents",
+        "fill the keyed phone and name indexes of residents enrolled before they existed",
+    )
     _command(commands, "verify-audit", "check the audit log's hash chain; exit 1 if broken")
     _command(commands, "prune", "forget spent nonces and idempotency records past their use")
     _command(commands, "health", "check the database and the schema; exit 1 if a part is down")
@@ -222,13 +250,67 @@ def _dispatch(args: argparse.Namespace) -> int:
                 parts = health.check(session)
                 print(json.dumps({part.name: part.to_json() for part in parts}))
                 return 0 if all(part.status != health.DOWN for part in parts) else EXIT_FAILED
+            elif args.command == "create-user" and args.password_stdin:
+                user_id = staff_auth.bootstrap_user(
+                    session,
+                    ctx,
+                    name=args.name,
+                    role=Role(args.role),
+                    region_code=args.region,
+                    password=_password_from_stdin(),
+                )
+                session.commit()
+                print(json.dumps({"user_id": user_id, "name": args.name}))
             elif args.command == "create-user":
                 token = services.create_user(
                     session, ctx, args.name, args.role, region_code=args.region
                 )
                 print(token)
+            elif args.command == "set-password":
+                staff_auth.set_password(
+                    session, ctx, args.name, _password_from_stdin(), must_change=not args.keep
+                )
+                session.commit()
+                print(f"password set for {args.name}")
+            elif args.command == "tokens":
+                return _tokens(session, ctx, args)
+            elif args.command == "reindex-residents":
+                done = people.reindex_residents(session, ctx)
+                session.commit()
+                print(json.dumps({"reindexed": done}))
     finally:
         db.dispose(app)
+    return 0
+
+
+def _password_from_stdin() -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("password: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _tokens(session: Session, ctx: services.Context, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        for row in staff_auth.list_tokens(session, ctx):
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    if args.action == "issue":
+        if not args.name:
+            raise ConfigError("tokens issue needs --name")
+        user_id = session.scalar(select(StaffUser.id).where(StaffUser.name == args.name))
+        if user_id is None:
+            raise ConfigError(f"no user named {args.name!r}")
+        token = staff_auth.issue_token(session, ctx, user_id, label=args.label, days=args.days)
+    elif args.token_id is None:
+        raise ConfigError(f"tokens {args.action} needs --id")
+    elif args.action == "rotate":
+        token = staff_auth.rotate_token(session, ctx, args.token_id, days=args.days)
+    else:
+        staff_auth.revoke_token(session, ctx, args.token_id)
+        token = None
+    session.commit()
+    if token is not None:
+        print(token)
     return 0
 
 

@@ -138,10 +138,16 @@ class RuleSpec(Contract):
     sexes: Annotated[str, StringConstraints(max_length=2), AfterValidator(_sexes)] = Field(
         default="", description="F, M, FM or empty (anyone)"
     )
+    area: Code | None = Field(
+        default=None,
+        description="region code of the area the rule serves (taps at the kiosks there); "
+        "omitted: the whole city, which only a city-wide administrator may give",
+    )
 
 
 class Rule(Answer):
     rule_id: int
+    area: str | None
     category: str
     period_kind: PeriodKind
     period_days: int | None
@@ -316,7 +322,11 @@ def search_residents(call: Call[None, ResidentsQuery]) -> dict[str, Any]:
     errors=STAFF_ERRORS,
 )
 def list_entitlement_rules(call: Call[None, RulesQuery]) -> dict[str, Any]:
-    return {"items": services.list_rules(call.session, include_inactive=call.query.all == "1")}
+    return {
+        "items": services.list_rules(
+            call.session, include_inactive=call.query.all == "1", user=call.user()
+        )
+    }
 
 
 @endpoint(
@@ -360,7 +370,7 @@ def deactivate_entitlement_rule(call: Call[None, None], rule_id: int) -> dict[st
 )
 def monthly_report(call: Call[None, ReportQuery]) -> dict[str, Any]:
     year = call.query.year or call.ctx.today().year
-    rows = services.monthly_report(call.session, year)
+    rows = services.monthly_report(call.session, year, user=call.user())
     return {"year": year, "suppressed_below": services.SMALL_COUNT, "rows": rows}
 
 

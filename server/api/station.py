@@ -100,7 +100,9 @@ class SlotsQuery(Query):
 class StationSlot(Answer):
     starts_at: str = Field(json_schema_extra={"format": "date-time"})
     available: bool
-    appointment_id: int | None
+    appointment_id: int | None = Field(description="the slot's first booking, if any")
+    capacity: int = Field(description="how many people the slot takes (the station's hours)")
+    booked: int
 
 
 class SlotList(Answer):

@@ -51,6 +51,8 @@ from server.store.models import Role, StaffUser
 log = logging.getLogger(__name__)
 
 CONTEXT_KEY = "onecard_context"
+# server.web installs here a callable answering the signed-in staff member's id (or None).
+STAFF_SESSION_HOOK = "onecard_staff_session"
 NONCE_PRUNE_EVERY = 1000
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 # U+0000 written as a JSON escape that is not itself escaped (PostgreSQL text cannot hold it).
@@ -99,7 +101,17 @@ def staff(*roles: Role) -> StaffAuth:
 
 def authenticate_staff_request(session: Session, roles: tuple[Role, ...]) -> StaffUser:
     """The staff member behind this request, with one of `roles` (401/403 otherwise)."""
-    return services.authenticate_staff(session, request.headers.get("Authorization"), *roles)
+    header = request.headers.get("Authorization")
+    signed_in = current_app.extensions.get(STAFF_SESSION_HOOK)
+    if header is None and signed_in is not None:
+        # A staff page of this server (the station desk) calling with its session cookie:
+        # server.web.base checks the session and, for a POST, the CSRF header.
+        user_id = signed_in()
+        user = session.get(StaffUser, user_id) if user_id is not None else None
+        if user is not None and user.active:
+            services.require_role(user, roles)
+            return user
+    return services.authenticate_staff(session, ctx(), header, *roles)
 
 
 # --- idempotency ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ this package, so there is no import cycle.
 from __future__ import annotations
 
 from server.errors import ApiError
+from server.services.appointments import book_appointment, cancel_appointment, station_slots
 from server.services.context import Context
 from server.services.devices import (
     AuthenticatedDevice,
@@ -56,8 +57,6 @@ from server.services.kiosks import (
 )
 from server.services.people import (
     SEXES,
-    authenticate_staff,
-    create_user,
     enrol_resident,
     find_residents,
     in_scope,
@@ -67,14 +66,9 @@ from server.services.people import (
 )
 from server.services.reports import SMALL_COUNT, monthly_report
 from server.services.seeding import DemoSeed, seed_catalog, seed_demo
-from server.services.stations import (
-    book_appointment,
-    cancel_appointment,
-    exam_eligibility,
-    record_exam,
-    register_couple,
-    station_slots,
-)
+from server.services.staff_auth import authenticate_staff, require_role
+from server.services.staff_auth import create_user_with_token as create_user
+from server.services.stations import exam_eligibility, record_exam, register_couple
 
 __all__ = [
     "DISPENSE_OUTCOMES",
@@ -112,6 +106,7 @@ __all__ = [
     "prune_nonces",
     "record_exam",
     "record_telemetry",
+    "require_role",
     "register_couple",
     "request_hash",
     "revoke_card",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from cardsvc.verify import TapChallenge, load_certificate, verify_tap
 from server.domain import rules
 from server.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceUnavailable
 from server.services.context import Context, _connection, _is_hex
+from server.services.people import ancestor_ids, in_scope, subtree_ids
 from server.store import audit, ledger
 from server.store.models import (
     Authorization,
@@ -37,9 +39,11 @@ from server.store.models import (
     CardStatus,
     Category,
     EntitlementRule,
+    Kiosk,
     KioskSlot,
     PeriodKindColumn,
     Product,
+    Region,
     Resident,
     ResidentStatus,
     StaffUser,
@@ -170,7 +174,7 @@ def authorize(
     card = tap.card
     assert card is not None
     today = ctx.today(now)
-    rule_set = cached_rules(session, ctx)
+    rule_set = cached_rules(session, ctx, kiosk_id)
     held = store.hold(
         kiosk_id, challenge.counter, card.resident_id, rules.lookback_start(rule_set, today)
     )
@@ -253,7 +257,7 @@ def _settle(
         raise NotFound("no such authorization for this kiosk", code="authorization_unknown")
     now = ctx.now()
     today = ctx.today(now)
-    rule_set = cached_rules(session, ctx)
+    rule_set = cached_rules(session, ctx, kiosk_id)
     settled = ledger.ledger_for(session).settle(
         authorization_id,
         kiosk_id,
@@ -275,20 +279,61 @@ def _parsed_certificate(der: bytes) -> x509.Certificate:
     return load_certificate(der)
 
 
-def cached_rules(session: Session, ctx: Context) -> list[rules.Rule]:
-    """The active rules, re-read at most every RULES_TTL seconds (rules change rarely; an edit
-    takes effect within that time)."""
-    return ctx.rules_cache.get(ctx.clock(), lambda: load_rules(session))
+@dataclass(frozen=True)
+class RuleBook:
+    """The active rules with their areas, and where each kiosk stands, read together.
+
+    A rule's area is part of the rule: a rule made for a town applies to taps at the kiosks in
+    that town (its subtree), on top of the city's rules; every rule that applies must be
+    satisfied, so an area's administrator can make their area stricter, never looser than the
+    city's rules.
+    """
+
+    city: list[rules.Rule]
+    by_area: dict[int, list[rules.Rule]]
+    parents: dict[int, int | None]
+    kiosk_regions: dict[str, int]
+
+    def for_region(self, region_id: int | None) -> list[rules.Rule]:
+        found = list(self.city)
+        current = region_id
+        for _ in range(16):  # the tree is shallow: city -> town -> village
+            if current is None:
+                break
+            found.extend(self.by_area.get(current, ()))
+            current = self.parents.get(current)
+        return found
 
 
-def load_rules(session: Session) -> list[rules.Rule]:
+def cached_rules(session: Session, ctx: Context, kiosk_id: str | None = None) -> list[rules.Rule]:
+    """The active rules that apply at `kiosk_id` (None: the city-wide ones), re-read at most
+    every RULES_TTL seconds (rules change rarely; an edit takes effect within that time)."""
+    book: RuleBook = ctx.rules_cache.get(ctx.clock(), lambda: load_rules(session))
+    if kiosk_id is None or not book.by_area:
+        return book.city
+    region_id = book.kiosk_regions.get(kiosk_id)
+    if region_id is None:  # registered since the book was read
+        region_id = session.scalar(select(Kiosk.region_id).where(Kiosk.id == kiosk_id))
+    return book.for_region(region_id)
+
+
+def load_rules(session: Session) -> RuleBook:
     rows = session.execute(
         select(EntitlementRule, Category.code)
         .join(Category, EntitlementRule.category_id == Category.id)
         .where(EntitlementRule.active.is_(True))
         .order_by(EntitlementRule.id)
     ).all()
-    return [rule_from_row(row, code) for row, code in rows]
+    city: list[rules.Rule] = []
+    by_area: dict[int, list[rules.Rule]] = defaultdict(list)
+    for row, code in rows:
+        rule = rule_from_row(row, code)
+        (city if row.region_id is None else by_area[row.region_id]).append(rule)
+    if not by_area:
+        return RuleBook(city, {}, {}, {})
+    parents = {i: p for i, p in session.execute(select(Region.id, Region.parent_id))}
+    kiosks = {k: r for k, r in session.execute(select(Kiosk.id, Kiosk.region_id))}
+    return RuleBook(city, dict(by_area), parents, kiosks)
 
 
 def rule_from_row(row: EntitlementRule, category_code: str) -> rules.Rule:
@@ -308,6 +353,7 @@ def load_usage(session: Session, resident_id: int, since: dt.date) -> dict[str, 
 
 
 def remaining_for_resident(session: Session, ctx: Context, resident_id: int) -> dict[str, int]:
+    """What the person has left under the city-wide rules."""
     today = ctx.today()
     rule_set = cached_rules(session, ctx)
     usage = load_usage(session, resident_id, rules.lookback_start(rule_set, today))
@@ -371,9 +417,10 @@ def open_reservations(
 # --- entitlement rules as data -------------------------------------------------------------------
 
 
-def rule_view(row: EntitlementRule, category_code: str) -> dict[str, Any]:
+def rule_view(row: EntitlementRule, category_code: str, area: str | None) -> dict[str, Any]:
     return {
         "rule_id": row.id,
+        "area": area,
         "category": category_code,
         "period_kind": row.period_kind.value,
         "period_days": row.period_days,
@@ -386,15 +433,46 @@ def rule_view(row: EntitlementRule, category_code: str) -> dict[str, Any]:
     }
 
 
-def list_rules(session: Session, *, include_inactive: bool = False) -> list[dict[str, Any]]:
-    query = select(EntitlementRule, Category.code).join(
-        Category, EntitlementRule.category_id == Category.id
+def list_rules(
+    session: Session, *, include_inactive: bool = False, user: StaffUser | None = None
+) -> list[dict[str, Any]]:
+    """The rules, each with its area's code (None: the whole city). For a user scoped to an
+    area: the city's rules and those of the areas above and within theirs (what applies there)."""
+    query = (
+        select(EntitlementRule, Category.code, Region.code)
+        .join(Category, EntitlementRule.category_id == Category.id)
+        .outerjoin(Region, Region.id == EntitlementRule.region_id)
     )
     if not include_inactive:
         query = query.where(EntitlementRule.active.is_(True))
+    if user is not None and user.region_id is not None:
+        related = [*subtree_ids(session, user.region_id), *ancestor_ids(session, user.region_id)]
+        query = query.where(
+            EntitlementRule.region_id.is_(None) | EntitlementRule.region_id.in_(related)
+        )
     return [
-        rule_view(row, code) for row, code in session.execute(query.order_by(EntitlementRule.id))
+        rule_view(row, code, area)
+        for row, code, area in session.execute(query.order_by(EntitlementRule.id))
     ]
+
+
+def _rule_area(session: Session, user: StaffUser, area: str | None) -> int | None:
+    """The region a user may give a rule: their own area or one inside it; the whole city (None)
+    only for a city-wide administrator."""
+    if area is None:
+        if user.region_id is not None:
+            raise Forbidden(
+                "a rule for the whole city needs a city-wide administrator; give your area",
+                code="out_of_scope",
+                field="area",
+            )
+        return None
+    region_id = session.scalar(select(Region.id).where(Region.code == area))
+    if region_id is None:
+        raise NotFound(f"no region {area}", code="region_unknown", field="area")
+    if not in_scope(session, user, region_id):
+        raise Forbidden("this area is outside yours", code="out_of_scope", field="area")
+    return region_id
 
 
 def create_rule(
@@ -402,9 +480,10 @@ def create_rule(
 ) -> dict[str, Any]:
     """Add a rule (rules are never edited in place: a change is a new rule and the old one
     deactivated, so what applied when stays on record). Validated through server.domain.rules."""
+    area_id = _rule_area(session, user, spec.get("area"))
     category = session.scalar(select(Category).where(Category.code == spec["category"]))
     if category is None:
-        raise NotFound(f"no category {spec['category']}", code="category_unknown")
+        raise NotFound(f"no category {spec['category']}", code="category_unknown", field="category")
     try:
         period = rules.Period(rules.PeriodKind(spec["period_kind"]), spec.get("period_days"))
         rules.Rule(category.code, period, spec["units"])
@@ -423,10 +502,11 @@ def create_rule(
         max_age=spec.get("max_age"),
         sexes=spec.get("sexes") or None,
         active=True,
+        region_id=area_id,
     )
     session.add(row)
     session.flush()
-    view = rule_view(row, category.code)
+    view = rule_view(row, category.code, spec.get("area"))
     audit.append(
         session,
         at=ctx.now(),
@@ -445,6 +525,10 @@ def deactivate_rule(
     row = session.get(EntitlementRule, rule_id)
     if row is None:
         raise NotFound(f"no rule {rule_id}", code="rule_unknown")
+    if user.region_id is not None and (
+        row.region_id is None or not in_scope(session, user, row.region_id)
+    ):
+        raise Forbidden("this rule is not your area's", code="out_of_scope")
     if row.active:
         row.active = False
         audit.append(
@@ -456,7 +540,8 @@ def deactivate_rule(
         )
         ctx.rules_cache.clear()
     code = session.scalar(select(Category.code).where(Category.id == row.category_id))
-    return rule_view(row, code or "")
+    area = session.scalar(select(Region.code).where(Region.id == row.region_id))
+    return rule_view(row, code or "", area)
 
 
 # --- offline transactions ----------------------------------------------------------------------
@@ -527,7 +612,7 @@ def sync_offline(
             .options(joinedload(KioskSlot.product).joinedload(Product.category))
         )
     }
-    rule_set = cached_rules(session, ctx)
+    rule_set = cached_rules(session, ctx, kiosk_id)
     results = []
     max_counter = 0
     for item, challenge, signature in parsed:

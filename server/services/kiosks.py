@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, joinedload
 from cardsvc import requestsig
 from cardsvc.requestsig import canonical_json
 from server.errors import InvalidRequest, NotFound, ServiceUnavailable, Unprocessable
+from server.services.appointments import add_default_hours
 from server.services.context import Context
 from server.store import audit
 from server.store.models import (
@@ -240,5 +241,6 @@ def add_station(
     """Register a service station's desk device (signs like a kiosk, serves exams). Commits."""
     station = add_kiosk(session, ctx, station_id, public_key_b64, {}, region_code=region_code)
     station.kind = "station"
+    add_default_hours(session, station_id)
     session.commit()
     return station

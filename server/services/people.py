@@ -5,12 +5,10 @@ regions they are scoped to.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import secrets
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,35 +19,22 @@ from server.errors import (
     Forbidden,
     NotFound,
     ServiceUnavailable,
-    Unauthenticated,
     Unprocessable,
 )
 from server.services.context import Context
 from server.store import audit
 from server.store.fieldcrypto import mask_id_number, normalise_id_number
-from server.store.models import Card, CardStatus, Region, Resident, ResidentStatus, Role, StaffUser
+from server.store.models import (
+    Card,
+    CardStatus,
+    Couple,
+    Region,
+    Resident,
+    ResidentStatus,
+    StaffUser,
+)
 
-# --- staff ---------------------------------------------------------------------------------------
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def authenticate_staff(
-    session: Session, authorization_header: str | None, *roles: Role
-) -> StaffUser:
-    if not authorization_header or not authorization_header.startswith("Bearer "):
-        raise Unauthenticated("a staff bearer token is required", code="token_missing")
-    token = authorization_header.removeprefix("Bearer ").strip()
-    user = session.scalar(select(StaffUser).where(StaffUser.token_hash == token_hash(token)))
-    if user is None or not user.active:
-        raise Unauthenticated("the bearer token is not valid", code="token_invalid")
-    if roles and user.role not in roles:
-        raise Forbidden(
-            f"this needs the role {' or '.join(r.value for r in roles)}", code="role_required"
-        )
-    return user
+# --- cards ---------------------------------------------------------------------------------------
 
 
 def issue_card(
@@ -135,6 +120,11 @@ SEXES = frozenset({"F", "M"})
 def resident_view(session: Session, ctx: Context, resident: Resident) -> dict[str, Any]:
     """What staff see of a person: decrypted fields, the ID number masked, the cards."""
     region_code = session.scalar(select(Region.code).where(Region.id == resident.region_id))
+    current_code = (
+        session.scalar(select(Region.code).where(Region.id == resident.current_region_id))
+        if resident.current_region_id is not None
+        else None
+    )
     cards = session.execute(
         select(Card.guid, Card.status).where(Card.resident_id == resident.id).order_by(Card.id)
     ).all()
@@ -147,6 +137,7 @@ def resident_view(session: Session, ctx: Context, resident: Resident) -> dict[st
         "phone": phone,
         "id_number": mask_id_number(resident.id_number_last4),
         "region": region_code,
+        "current_region": current_code,
         "status": resident.status.value,
         "cards": [{"card_guid": guid, "status": status.value} for guid, status in cards],
     }
@@ -192,6 +183,165 @@ def find_residents(
     return views
 
 
+def _region_id(session: Session, code: str, field: str) -> int:
+    region_id = session.scalar(select(Region.id).where(Region.code == code))
+    if region_id is None:
+        raise NotFound(f"no region {code}", code="region_unknown", field=field)
+    return region_id
+
+
+def enrol_for_staff(
+    session: Session,
+    ctx: Context,
+    user: StaffUser,
+    *,
+    name: str,
+    sex: str,
+    birth_date: dt.date,
+    phone: str | None,
+    id_number: str,
+    region_code: str,
+    current_region_code: str | None,
+) -> dict[str, Any]:
+    """Enrol a person registered (and possibly living) in the user's area. No commit."""
+    region_id = _region_id(session, region_code, "region")
+    current_id = (
+        _region_id(session, current_region_code, "current_region") if current_region_code else None
+    )
+    # Registered here, or living here: migrants are served where they live.
+    if not in_scope(session, user, region_id) and not (
+        current_id is not None and in_scope(session, user, current_id)
+    ):
+        raise Forbidden("this person is outside your area", code="out_of_scope", field="region")
+    resident = enrol_resident(
+        session,
+        ctx,
+        name=name,
+        sex=sex,
+        birth_date=birth_date,
+        phone=phone,
+        id_number=id_number,
+        region_id=region_id,
+        current_region_id=current_id,
+        actor=f"user:{user.id}",
+    )
+    return {"resident_id": resident.id, "id_number": mask_id_number(resident.id_number_last4)}
+
+
+def _in_area(session: Session, user: StaffUser) -> Any:
+    """The condition "registered or living in the user's area" (true for city-wide users)."""
+    if user.region_id is None:
+        return true()
+    area = subtree_ids(session, user.region_id)
+    return or_(Resident.region_id.in_(area), Resident.current_region_id.in_(area))
+
+
+def _audit_read(session: Session, ctx: Context, user: StaffUser, resident_id: int) -> None:
+    audit.append(
+        session,
+        at=ctx.now(),
+        actor=f"user:{user.id}",
+        action="resident.read",
+        subject=f"resident:{resident_id}",
+    )
+
+
+def search_residents(
+    session: Session,
+    ctx: Context,
+    user: StaffUser,
+    *,
+    id_number: str | None = None,
+    phone: str | None = None,
+    name: str | None = None,
+    after: int = 0,
+    limit: int = 25,
+) -> list[dict[str, Any]]:
+    """Residents registered or living in the user's area, by exact ID number, phone or name
+    (each through its keyed hash; given together, all must match). Each person returned is an
+    audited read. No commit."""
+    query = select(Resident).where(_in_area(session, user), Resident.id > after)
+    if id_number:
+        query = query.where(Resident.id_number_hash == ctx.cipher.id_number_hash(id_number))
+    if phone:
+        query = query.where(Resident.phone_index == ctx.cipher.blind_index("phone", phone))
+    if name:
+        query = query.where(Resident.name_index == ctx.cipher.blind_index("name", name))
+    rows = session.scalars(query.order_by(Resident.id).limit(limit)).all()
+    views = []
+    for resident in rows:
+        views.append(resident_view(session, ctx, resident))
+        _audit_read(session, ctx, user, resident.id)
+    return views
+
+
+def resident_for_staff(
+    session: Session, ctx: Context, user: StaffUser, resident_id: int
+) -> dict[str, Any]:
+    """One person, with their partner's masked ID number; an audited read. No commit."""
+    resident = session.scalar(
+        select(Resident).where(Resident.id == resident_id, _in_area(session, user))
+    )
+    if resident is None:
+        raise NotFound(f"no resident {resident_id} in your area", code="resident_unknown")
+    view = resident_view(session, ctx, resident)
+    partner = session.scalar(
+        select(Resident.id_number_last4)
+        .join(
+            Couple,
+            ((Couple.partner_a_id == resident.id) & (Couple.partner_b_id == Resident.id))
+            | ((Couple.partner_b_id == resident.id) & (Couple.partner_a_id == Resident.id)),
+        )
+        .where(Couple.active.is_(True))
+    )
+    view["partner"] = mask_id_number(partner) if partner else None
+    _audit_read(session, ctx, user, resident.id)
+    return view
+
+
+def resident_id_by_number(session: Session, ctx: Context, user: StaffUser, id_number: str) -> int:
+    """The id of the person in the user's area with this ID number (404 otherwise)."""
+    resident_id = session.scalar(
+        select(Resident.id).where(
+            Resident.id_number_hash == ctx.cipher.id_number_hash(id_number),
+            _in_area(session, user),
+        )
+    )
+    if resident_id is None:
+        raise NotFound(
+            "nobody in your area has this ID number",
+            code="resident_unknown",
+            field="partner_id_number",
+        )
+    return resident_id
+
+
+def reindex_residents(session: Session, ctx: Context, *, batch: int = 1000) -> int:
+    """Fill the phone and name indexes of residents enrolled before they existed. No commit."""
+    done = 0
+    after = 0
+    while True:
+        rows = session.scalars(
+            select(Resident)
+            .where(Resident.id > after, Resident.name_index.is_(None))
+            .order_by(Resident.id)
+            .limit(batch)
+        ).all()
+        if not rows:
+            return done
+        for resident in rows:
+            resident.name_index = ctx.cipher.blind_index(
+                "name", ctx.cipher.decrypt("name", resident.name_enc)
+            )
+            if resident.phone_enc:
+                resident.phone_index = ctx.cipher.blind_index(
+                    "phone", ctx.cipher.decrypt("phone", resident.phone_enc)
+                )
+            after = resident.id
+        done += len(rows)
+        session.flush()
+
+
 def subtree_ids(session: Session, root_id: int) -> list[int]:
     """The region and every region below it (the tree is small: a city has ~1,000 regions)."""
     children: dict[int | None, list[int]] = defaultdict(list)
@@ -202,6 +352,18 @@ def subtree_ids(session: Session, root_id: int) -> list[int]:
         current = todo.pop()
         found.append(current)
         todo.extend(children.get(current, []))
+    return found
+
+
+def ancestor_ids(session: Session, region_id: int) -> list[int]:
+    """The regions above `region_id` (its parent, the parent's parent, ...)."""
+    found: list[int] = []
+    current = session.scalar(select(Region.parent_id).where(Region.id == region_id))
+    for _ in range(16):
+        if current is None:
+            break
+        found.append(current)
+        current = session.scalar(select(Region.parent_id).where(Region.id == current))
     return found
 
 
@@ -229,6 +391,7 @@ def enrol_resident(
     phone: str | None,
     id_number: str,
     region_id: int,
+    current_region_id: int | None = None,
     actor: str = "system",
 ) -> Resident:
     """Enrol a person; refuses a second enrolment of the same ID number. Does not commit."""
@@ -243,6 +406,9 @@ def enrol_resident(
         phone_enc=ctx.cipher.encrypt("phone", phone) if phone else None,
         id_number_hash=id_hash,
         id_number_last4=normalise_id_number(id_number)[-4:],
+        current_region_id=current_region_id if current_region_id != region_id else None,
+        phone_index=ctx.cipher.blind_index("phone", phone) if phone else None,
+        name_index=ctx.cipher.blind_index("name", name),
         status=ResidentStatus.ACTIVE,
         created_at=ctx.now(),
     )
@@ -259,38 +425,3 @@ def enrol_resident(
         subject=f"resident:{resident.id}",
     )
     return resident
-
-
-def create_user(
-    session: Session, ctx: Context, name: str, role: Role | str, *, region_code: str | None = None
-) -> str:
-    """Create a staff user and return its bearer token (shown once; only its hash is kept). Commits."""
-    role = Role(role)
-    region_id = None
-    if region_code is not None:
-        region_id = session.scalar(select(Region.id).where(Region.code == region_code))
-        if region_id is None:
-            raise NotFound(f"no region {region_code}", code="region_unknown")
-    if session.scalar(select(StaffUser.id).where(StaffUser.name == name)) is not None:
-        raise Conflict(f"a user named {name!r} exists", code="user_exists")
-    token = "oc_" + secrets.token_urlsafe(32)
-    user = StaffUser(
-        name=name,
-        role=role,
-        region_id=region_id,
-        token_hash=token_hash(token),
-        active=True,
-        created_at=ctx.now(),
-    )
-    session.add(user)
-    session.flush()
-    audit.append(
-        session,
-        at=ctx.now(),
-        actor="cli",
-        action="user.create",
-        subject=f"user:{user.id}",
-        detail={"role": role.value},
-    )
-    session.commit()
-    return token

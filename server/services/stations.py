@@ -9,7 +9,6 @@ from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.domain import exams
@@ -19,7 +18,6 @@ from server.services.dispensing import check_tap, holder_of, parse_tap
 from server.services.people import in_scope, subtree_ids
 from server.store import audit
 from server.store.models import (
-    Appointment,
     Card,
     Couple,
     ExamProgramme,
@@ -201,141 +199,36 @@ def register_couple(
     }
 
 
-# --- appointments -----------------------------------------------------------------------------------
-
-SLOT_MINUTES = 30
-OPENING = dt.time(8, 0)
-CLOSING = dt.time(17, 0)
+# --- appointments (booked through server.services.appointments) -------------------------------------
 
 
-def _station(session: Session, station_id: str) -> Kiosk:
-    station = session.get(Kiosk, station_id)
+def station_row(session: Session, station_id: str, *, lock: bool = False) -> Kiosk:
+    """A station (404 for anything else); `lock`: hold its row until the transaction ends."""
+    query = select(Kiosk).where(Kiosk.id == station_id)
+    if lock:
+        query = query.with_for_update()
+    station = session.scalar(query)
     if station is None or station.kind != "station":
         raise NotFound(f"no station {station_id}", code="station_unknown")
     return station
 
 
-def slot_starts(ctx: Context, day: dt.date) -> list[dt.datetime]:
-    """The day's appointment slots at a station, in the city's time zone."""
-    start = dt.datetime.combine(day, OPENING, ctx.timezone)
-    end = dt.datetime.combine(day, CLOSING, ctx.timezone)
-    slots = []
-    while start < end:
-        slots.append(start)
-        start += dt.timedelta(minutes=SLOT_MINUTES)
-    return slots
-
-
-def station_slots(
-    session: Session, ctx: Context, user: StaffUser, station_id: str, day: dt.date
-) -> list[dict[str, Any]]:
-    station = _station(session, station_id)
-    if not in_scope(session, user, station.region_id):
-        raise Forbidden("this station is outside your area", code="out_of_scope")
-    starts = slot_starts(ctx, day)
-    booked = dict(
-        session.execute(
-            select(Appointment.starts_at, Appointment.id).where(
-                Appointment.station_id == station_id,
-                Appointment.status == "booked",
-                # UTC: SQLite keeps the wall time and drops the offset.
-                Appointment.starts_at >= starts[0].astimezone(dt.UTC),
-                Appointment.starts_at <= starts[-1].astimezone(dt.UTC),
-            )
-        ).all()
-    )
-    booked = {audit.as_utc(at): appointment_id for at, appointment_id in booked.items()}
-    now = ctx.now()
-    return [
-        {
-            "starts_at": start.isoformat(),
-            "available": start > now and start.astimezone(dt.UTC) not in booked,
-            "appointment_id": booked.get(start.astimezone(dt.UTC)),
-        }
-        for start in starts
-    ]
-
-
-def book_appointment(
-    session: Session,
-    ctx: Context,
-    user: StaffUser,
-    *,
-    station_id: str,
-    programme_code: str,
-    resident_id: int,
-    starts_at: dt.datetime,
-) -> dict[str, Any]:
-    """Book a slot for a person's exam; the person must be eligible on that day. No commit."""
-    station = _station(session, station_id)
-    local = starts_at.astimezone(ctx.timezone)
-    if local not in slot_starts(ctx, local.date()):
-        raise InvalidRequest(
-            f"appointments start on the {SLOT_MINUTES}-minute marks from {OPENING:%H:%M} to {CLOSING:%H:%M}",
-            code="slot_invalid",
-        )
-    if starts_at <= ctx.now():
-        raise InvalidRequest("that slot has passed", code="slot_invalid")
-    resident = session.get(Resident, resident_id)
-    if resident is None:
-        raise NotFound(f"no resident {resident_id}", code="resident_unknown")
-    if not (
-        in_scope(session, user, station.region_id) and in_scope(session, user, resident.region_id)
-    ):
-        raise Forbidden("the station or the resident is outside your area", code="out_of_scope")
-    for pid, programme, decision in _decisions(session, ctx, resident, local.date()):
+def programme_decision(
+    session: Session, ctx: Context, resident: Resident, programme_code: str, day: dt.date
+) -> tuple[int, str]:
+    """The programme's id and code when the person is eligible for it on `day` (409 when not,
+    404 for an unknown programme)."""
+    for pid, programme, decision in _decisions(session, ctx, resident, day):
         if programme.code != programme_code:
             continue
         if not decision.eligible:
             raise Conflict(
-                f"not eligible for {programme.name} on {local.date()}: {decision.reason}",
+                f"not eligible for {programme.name} on {day}: {decision.reason}",
                 code="not_eligible",
                 reason=decision.reason.value if decision.reason else None,
             )
-        appointment = Appointment(
-            station_id=station_id,
-            programme_id=pid,
-            resident_id=resident_id,
-            starts_at=starts_at.astimezone(dt.UTC),
-            status="booked",
-            booked_by=user.id,
-            created_at=ctx.now(),
-        )
-        session.add(appointment)
-        try:
-            session.flush()
-        except IntegrityError:
-            raise Conflict("that slot is taken", code="slot_taken") from None
-        return {
-            "appointment_id": appointment.id,
-            "station_id": station_id,
-            "programme": programme.code,
-            "starts_at": local.isoformat(),
-            "status": "booked",
-        }
+        return pid, programme.code
     raise NotFound(f"no programme {programme_code}", code="programme_unknown")
-
-
-def cancel_appointment(
-    session: Session, ctx: Context, user: StaffUser, appointment_id: int
-) -> dict[str, Any]:
-    appointment = session.get(Appointment, appointment_id)
-    if appointment is None:
-        raise NotFound(f"no appointment {appointment_id}", code="appointment_unknown")
-    station = _station(session, appointment.station_id)
-    if not in_scope(session, user, station.region_id):
-        raise Forbidden("this station is outside your area", code="out_of_scope")
-    appointment.status = "cancelled"
-    programme = session.scalar(
-        select(ExamProgramme.code).where(ExamProgramme.id == appointment.programme_id)
-    )
-    return {
-        "appointment_id": appointment.id,
-        "station_id": appointment.station_id,
-        "programme": programme,
-        "starts_at": audit.as_utc(appointment.starts_at).astimezone(ctx.timezone).isoformat(),
-        "status": "cancelled",
-    }
 
 
 # --- the station desk (a nurse's browser and the desk's card reader) ------------------------------
@@ -344,7 +237,7 @@ def cancel_appointment(
 def desk_station(session: Session, user: StaffUser, station_id: str) -> Kiosk:
     """The station a nurse works at from the desk page: it exists, is enabled and lies in the
     user's area (404/403 otherwise)."""
-    station = _station(session, station_id)
+    station = station_row(session, station_id)
     if not in_scope(session, user, station.region_id):
         raise Forbidden("this station is outside your area", code="out_of_scope")
     if not station.enabled:

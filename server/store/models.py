@@ -30,6 +30,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    Time,
     false,
     text,
 )
@@ -124,6 +125,11 @@ class Resident(Base):
     # HMAC-SHA256 of the normalised ID number: refuses duplicate enrolment, reveals nothing.
     id_number_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     id_number_last4: Mapped[str] = mapped_column(String(4))
+    # Where the person lives now, when not where registered (services follow it); NULL: same.
+    current_region_id: Mapped[int | None] = mapped_column(ForeignKey("regions.id"), index=True)
+    # Keyed hashes (FieldCipher.blind_index) of the normalised phone and name: exact search.
+    phone_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True)
+    name_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True)
     status: Mapped[ResidentStatus] = mapped_column(
         _enum(ResidentStatus, "resident_status"), default=ResidentStatus.ACTIVE
     )
@@ -194,6 +200,8 @@ class EntitlementRule(Base):
     max_age: Mapped[int | None] = mapped_column(Integer)
     sexes: Mapped[str | None] = mapped_column(String(10))  # e.g. "F" or "FM"; NULL = any
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The area the rule serves (taps at the kiosks in its subtree); NULL: the whole city.
+    region_id: Mapped[int | None] = mapped_column(ForeignKey("regions.id"))
 
     category: Mapped[Category] = relationship()
 
@@ -297,9 +305,16 @@ class StaffUser(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     role: Mapped[Role] = mapped_column(_enum(Role, "staff_role"))
     region_id: Mapped[int | None] = mapped_column(ForeignKey("regions.id"))  # scope; NULL = all
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 hex of the token
+    # Legacy: bearer tokens are in staff_tokens since migration 0009 (this holds a hash of a
+    # secret nobody has, or of a token carried over there).
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    password_hash: Mapped[str | None] = mapped_column(String(200))  # argon2id; NULL: none set
+    must_change_password: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    password_changed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AuditEntry(Base):
@@ -383,19 +398,13 @@ class ExamRecord(Base):
 
 
 class Appointment(Base):
-    """A booked slot at a station for an exam programme. One booking per station and start time:
-    a partial unique index (status = 'booked') makes a double booking impossible."""
+    """A booked slot at a station for an exam programme. A slot takes as many bookings as the
+    station's hours say (StationHours.capacity), counted under the station's row lock
+    (server.services.appointments)."""
 
     __tablename__ = "appointments"
     __table_args__ = (
-        Index(
-            "uq_appointments_station_id_starts_at_booked",
-            "station_id",
-            "starts_at",
-            unique=True,
-            sqlite_where=text("status = 'booked'"),
-            postgresql_where=text("status = 'booked'"),
-        ),
+        Index("ix_appointments_station_id_starts_at", "station_id", "starts_at"),
         Index("ix_appointments_resident_id", "resident_id"),
     )
 
@@ -432,3 +441,61 @@ class CardRevocation(Base):
     card_guid: Mapped[str] = mapped_column(String(32), unique=True)
     reason: Mapped[str] = mapped_column(String(64))
     revoked_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StaffToken(Base):
+    """A bearer token for scripts and the command line: only its SHA-256 is kept; it expires
+    and can be revoked (server.services.staff_auth)."""
+
+    __tablename__ = "staff_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StaffSession(Base):
+    """A signed-in browser. The cookie carries a random token; this row holds its SHA-256, so
+    the server ends a session by setting `ended_at` (sign-out, idle, disabled, new password)."""
+
+    __tablename__ = "staff_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    method: Mapped[str] = mapped_column(String(16))  # password | card
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class SignInThrottle(Base):
+    """Failed sign-ins counted per key ("pair:<user>|<address>", "user:<user>") and until when
+    the key is locked."""
+
+    __tablename__ = "sign_in_throttle"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StationHours(Base):
+    """When a station takes appointments on a weekday (0 Monday ... 6 Sunday), how long a slot
+    is and how many people one slot takes. No row for a weekday: closed that day."""
+
+    __tablename__ = "station_hours"
+
+    station_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"), primary_key=True)
+    weekday: Mapped[int] = mapped_column(Integer, primary_key=True)
+    opens: Mapped[dt.time] = mapped_column(Time)
+    closes: Mapped[dt.time] = mapped_column(Time)
+    slot_minutes: Mapped[int] = mapped_column(Integer)
+    capacity: Mapped[int] = mapped_column(Integer)

@@ -96,8 +96,19 @@ def page_of(items: Sequence[Any], key: Callable[[Any], int], size: int = PAGE_SI
         if len(items) > size
         else None
     )
-    first_url = url_for(endpoint, **(request.view_args or {}), **args) if "after" in request.args else None
+    first_url = (
+        url_for(endpoint, **(request.view_args or {}), **args) if "after" in request.args else None
+    )
     return Page(shown, next_url, first_url)
 
 
-__all__ = ["PAGE_SIZE", "Page", "Principal", "ctx", "page_of", "query_int", "roles_required", "staff_user"]
+__all__ = [
+    "PAGE_SIZE",
+    "Page",
+    "Principal",
+    "ctx",
+    "page_of",
+    "query_int",
+    "roles_required",
+    "staff_user",
+]

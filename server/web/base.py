@@ -81,9 +81,7 @@ def staff_blueprint(name: str, import_name: str, url_prefix: str | None = None) 
 
 
 # Shared static files (staff.css, the pages' scripts): /web/assets/...
-assets = Blueprint(
-    "staff_assets", __name__, static_folder="static", static_url_path="/web/assets"
-)
+assets = Blueprint("staff_assets", __name__, static_folder="static", static_url_path="/web/assets")
 
 
 @login_manager.user_loader
@@ -95,6 +93,17 @@ def _load_principal(token: str) -> Principal | None:
         signed_in = live_session(session, context_of(current_app), token, settings.idle)
         session.commit()
     return Principal(token, signed_in) if signed_in is not None else None
+
+
+def signed_in_staff_id() -> int | None:
+    """For the staff JSON calls (server.http.framework's STAFF_SESSION_HOOK): the signed-in
+    user's id when the request carries a live session cookie, after checking the CSRF header
+    (X-CSRFToken) of a state-changing call; None when nobody is signed in."""
+    if not current_user.is_authenticated:
+        return None
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        csrf.protect()
+    return int(current_user.user_id)
 
 
 def _page_checks() -> Response | None:
@@ -156,5 +165,3 @@ def home_endpoint(role: Role) -> str:
         if role in item.roles:
             return item.endpoint
     return "auth.account"
-
-

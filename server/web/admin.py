@@ -1,0 +1,168 @@
+"""Administrators' pages: staff users (create, role and area, password reset, disable) and the
+entitlement rules of their area.
+
+    GET       /admin/users                 the users in the administrator's area, paginated
+    GET/POST  /admin/users/new             a new user with a first password
+    GET/POST  /admin/users/<id>            role and area; reset the password; disable / enable
+    GET/POST  /admin/rules                 the rules in force here, and a new one for this area
+
+Everything is checked again on the server (services.staff_auth, services.dispensing): an
+administrator of one town can neither see nor touch a user, a rule or an area of another.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import flash, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from werkzeug.wrappers import Response
+from wtforms import PasswordField, SelectField, StringField
+from wtforms.validators import DataRequired, Length, Optional, Regexp
+
+from server.errors import ApiError
+from server.services import staff_auth
+from server.services.staff_auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from server.store.db import db
+from server.store.models import Role
+from server.web.access import ctx, page_of, query_int, roles_required, staff_user
+from server.web.base import ROLE_LABELS, register_navigation, staff_blueprint
+from server.web.forms import REGION_CODE, ButtonForm, put_error, submitted
+from server.web.i18n import _, _l
+
+admin = staff_blueprint("admin", __name__, url_prefix="/admin")
+register_navigation(_l("Staff users"), "admin.users", Role.ADMINISTRATOR)
+
+
+def _role_choices() -> list[tuple[str, Any]]:
+    return [(role.value, ROLE_LABELS[role]) for role in Role]
+
+
+class UserForm(FlaskForm):  # type: ignore[misc]
+    name = StringField(
+        _l("User name"),
+        validators=[
+            DataRequired(),
+            Length(max=200),
+            Regexp(r"^[\w.@-]+$", message=_l("Letters, digits and . @ - _ only.")),
+        ],
+    )
+    role = SelectField(_l("Role"), choices=_role_choices)
+    region = StringField(
+        _l("Area (region code)"),
+        validators=[Optional(), Regexp(REGION_CODE, message=_l("A region code, such as C01-T01."))],
+    )
+    password = PasswordField(
+        _l("First password"),
+        validators=[DataRequired(), Length(min=MIN_PASSWORD_LENGTH, max=MAX_PASSWORD_LENGTH)],
+    )
+
+
+class ScopeForm(FlaskForm):  # type: ignore[misc]
+    role = SelectField(_l("Role"), choices=_role_choices)
+    region = StringField(
+        _l("Area (region code)"),
+        validators=[Optional(), Regexp(REGION_CODE, message=_l("A region code, such as C01-T01."))],
+    )
+
+
+class ResetForm(FlaskForm):  # type: ignore[misc]
+    password = PasswordField(
+        _l("Temporary password"),
+        validators=[DataRequired(), Length(min=MIN_PASSWORD_LENGTH, max=MAX_PASSWORD_LENGTH)],
+    )
+
+
+@admin.get("/users")
+@roles_required(Role.ADMINISTRATOR)
+def users() -> str:
+    rows = staff_auth.list_users(db.session, staff_user().id, after=query_int("after"), limit=26)
+    db.session.rollback()
+    return render_template("staff/admin_users.html", page=page_of(rows, lambda u: u["id"]))
+
+
+@admin.route("/users/new", methods=["GET", "POST"])
+@roles_required(Role.ADMINISTRATOR)
+def new_user() -> Response | str | tuple[str, int]:
+    form = UserForm()
+    if form.validate_on_submit():
+        session = db.session
+        try:
+            user = staff_auth.create_user(
+                session,
+                ctx(),
+                staff_user().id,
+                name=form.name.data,
+                role=Role(form.role.data),
+                region_code=form.region.data or None,
+                password=form.password.data,
+            )
+        except ApiError as exc:
+            session.rollback()
+            put_error(form, exc, "name")
+            return render_template("staff/admin_user_new.html", form=form), 400
+        session.commit()
+        flash(
+            _(
+                "User %(name)s created. They choose their own password at first sign-in.",
+                name=user.name,
+            ),
+            "ok",
+        )
+        return redirect(url_for("admin.users"))
+    return render_template("staff/admin_user_new.html", form=form), 400 if form.errors else 200
+
+
+@admin.route("/users/<int:user_id>", methods=["GET", "POST"])
+@roles_required(Role.ADMINISTRATOR)
+def user(user_id: int) -> Response | str | tuple[str, int]:
+    session = db.session
+    me = staff_user()
+    target = staff_auth.user_in_reach(session, me, user_id)
+    region_code = staff_auth.region_code_of(session, target.region_id)
+    scope = ScopeForm(prefix="scope", data={"role": target.role.value, "region": region_code})
+    reset = ResetForm(prefix="reset")
+    toggle = ButtonForm(prefix="toggle")
+    status = 200
+    try:
+        if submitted(scope, "scope"):
+            staff_auth.update_user(
+                session,
+                ctx(),
+                me.id,
+                user_id,
+                role=Role(scope.role.data),
+                region_code=scope.region.data or None,
+            )
+            session.commit()
+            flash(_("Role and area saved. The user's sessions have ended."), "ok")
+            return redirect(url_for("admin.user", user_id=user_id))
+        if submitted(reset, "reset"):
+            staff_auth.reset_password(session, ctx(), me.id, user_id, reset.password.data)
+            session.commit()
+            flash(_("Password reset. The user must change it at the next sign-in."), "ok")
+            return redirect(url_for("admin.user", user_id=user_id))
+        if submitted(toggle, "toggle"):
+            staff_auth.set_active(session, ctx(), me.id, user_id, not target.active)
+            session.commit()
+            flash(
+                _("User enabled.")
+                if target.active
+                else _("User disabled. Their sessions and tokens no longer work."),
+                "ok",
+            )
+            return redirect(url_for("admin.user", user_id=user_id))
+    except ApiError as exc:
+        session.rollback()
+        put_error(scope if exc.extra.get("field") == "region" else reset, exc)
+        status = 400
+    if request.method == "POST" and (scope.errors or reset.errors):
+        status = 400
+    return render_template(
+        "staff/admin_user.html",
+        target=target,
+        region_code=region_code,
+        scope=scope,
+        reset=reset,
+        toggle=toggle,
+    ), status

@@ -1,0 +1,55 @@
+"""What the staff pages' forms share: field patterns, a form that is one button, knowing which
+of several forms on a page was sent, and a service's refusal shown next to its field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from flask_wtf import FlaskForm
+
+from server.errors import ApiError
+from server.web.i18n import _l
+
+REGION_CODE = r"^[A-Za-z0-9_.-]{0,40}$"
+ID_NUMBER = r"^[0-9A-Za-z -]{6,32}$"
+PHONE = r"^\+?[0-9 -]{5,20}$"
+
+# Words for the services' stable refusal codes (server.errors `code`s).
+REFUSALS: dict[str, Any] = {
+    "out_of_scope": _l("This is outside your area."),
+    "region_unknown": _l("There is no region with this code."),
+    "user_exists": _l("A user with this name exists."),
+    "password_too_short": _l("At least 10 characters."),
+    "password_is_name": _l("The password must not be the user name."),
+    "self_disable": _l("You cannot disable yourself."),
+    "resident_exists": _l("This ID number is already enrolled."),
+    "resident_unknown": _l("Nobody in your area has this ID number."),
+    "category_unknown": _l("There is no category with this code."),
+    "slot_taken": _l("This time is full."),
+    "slot_invalid": _l("The station does not take appointments at this time."),
+    "not_eligible": _l("Not eligible for this exam on that day."),
+}
+
+
+class ButtonForm(FlaskForm):  # type: ignore[misc]
+    """A button that changes something: its CSRF token only."""
+
+
+def submitted(form: FlaskForm, action: str) -> bool:
+    """This form (of several on the page, told apart by the button's name=action value) was
+    sent, and it is valid."""
+    return request.form.get("action") == action and bool(form.validate_on_submit())
+
+
+def put_error(form: FlaskForm, exc: ApiError, default_field: str | None = None) -> None:
+    """A service's refusal shown next to the field it concerns, else above the form."""
+    words = REFUSALS.get(exc.code, exc.detail)
+    name = exc.extra.get("field") or default_field
+    if exc.code.startswith("password_"):
+        name = "password"
+    target = getattr(form, name, None) if name else None
+    if target is not None:
+        target.errors = [*list(target.errors or []), words]
+    else:
+        form.form_errors.append(words)

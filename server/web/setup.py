@@ -1,0 +1,93 @@
+"""Wires the staff pages into the app (`init_app`, called by server.app.create_app): the
+cookie and CSRF settings, Flask-Login, the gettext catalogue, the shared static files and every
+staff page blueprint (server.web.base.staff_blueprint).
+
+Settings (ONECARD_* overrides given to create_app, else the environment):
+
+| variable | meaning | default |
+|---|---|---|
+| `ONECARD_COOKIE_SECURE` | `0` lets the session cookie travel over plain HTTP (tests, the demo) | `1` |
+| `ONECARD_SESSION_IDLE_MINUTES` | a session unused this long ends | `30` |
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from server.http.framework import STAFF_SESSION_HOOK
+from server.store.models import Role
+
+# The page modules register their blueprints and navigation when imported.
+from server.web import admin, auditor, auth, i18n, nurse, technician  # noqa: F401
+from server.web.base import (
+    EXTENSION,
+    ROLE_LABELS,
+    STAFF_BLUEPRINTS,
+    WebSettings,
+    assets,
+    csrf,
+    login_manager,
+    navigation,
+    signed_in_staff_id,
+)
+from server.web.i18n import _l
+
+DEFAULT_IDLE_MINUTES = 30
+SESSION_COOKIE = "onecard_staff"
+
+
+def settings_from(overrides: Mapping[str, Any] | None) -> WebSettings:
+    given = dict(overrides or {})
+
+    def setting(name: str) -> Any:
+        return given[name] if name in given else os.environ.get(name)
+
+    secure = str(setting("ONECARD_COOKIE_SECURE") or "1").lower() not in ("0", "false", "no")
+    idle = setting("ONECARD_SESSION_IDLE_MINUTES")
+    minutes = int(idle) if idle not in (None, "") else DEFAULT_IDLE_MINUTES
+    return WebSettings(cookie_secure=secure, idle=dt.timedelta(minutes=minutes))
+
+
+def init_app(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
+    """Attach the staff pages to the app. Call after the Context and the database are set."""
+    settings = settings_from(overrides if isinstance(overrides, Mapping) else None)
+    app.extensions[EXTENSION] = settings
+    server_key = app.config["ONECARD"].server_key
+    app.config.update(
+        # The cookie is signed with a key derived from the server's own secret.
+        SECRET_KEY=hmac.new(
+            server_key, b"onecard staff session cookie v1", hashlib.sha256
+        ).digest(),
+        SESSION_COOKIE_NAME=SESSION_COOKIE,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SECURE=settings.cookie_secure,
+        SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
+        WTF_CSRF_CHECK_DEFAULT=False,  # checked per staff blueprint; the JSON API signs its calls
+        WTF_CSRF_TIME_LIMIT=12 * 3600,
+        # Pages send no Referer (Referrer-Policy: no-referrer), so Flask-WTF's https referrer
+        # check cannot apply; the token, bound to the SameSite=Strict session, is the check.
+        WTF_CSRF_SSL_STRICT=False,
+    )
+    i18n.init_app(app)
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.session_protection = None  # the server-side session is the protection
+    login_manager.login_view = "auth.sign_in"
+    login_manager.login_message = _l("Please sign in to see this page.")
+    login_manager.login_message_category = "info"
+    app.jinja_env.globals.update(
+        staff_navigation=navigation,
+        role_label=lambda role: ROLE_LABELS.get(Role(role), role),
+    )
+    app.extensions[STAFF_SESSION_HOOK] = signed_in_staff_id
+    app.register_blueprint(assets)
+    for blueprint in STAFF_BLUEPRINTS:
+        app.register_blueprint(blueprint)

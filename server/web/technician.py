@@ -1,0 +1,177 @@
+"""Technicians' pages: enrol a resident, find one in the technician's area, see a resident (every
+person shown is an audited read) and record couples.
+
+    GET/POST  /technician/enrol              a new resident; the same ID number twice is refused
+    GET       /technician/residents          find by ID number, phone or name (exact), paginated
+    GET       /technician/residents/<id>     one resident (audited), their cards, their couple
+    POST      /technician/residents/<id>/couple   record the resident's partner
+
+ID numbers are only ever shown masked (the last four characters); the full number is used once,
+to compute its keyed hash, and never stored or echoed back (the form field is emptied).
+"""
+
+from __future__ import annotations
+
+from flask import flash, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from werkzeug.wrappers import Response
+from wtforms import DateField, RadioField, StringField
+from wtforms.validators import DataRequired, Length, Optional, Regexp
+
+from server.errors import ApiError
+from server.services import people, stations
+from server.store.db import db
+from server.store.models import Role
+from server.web.access import ctx, page_of, query_int, roles_required, staff_user
+from server.web.base import register_navigation, staff_blueprint
+from server.web.forms import ID_NUMBER, PHONE, REGION_CODE, put_error
+from server.web.i18n import _, _l
+
+technician = staff_blueprint("technician", __name__, url_prefix="/technician")
+register_navigation(_l("Find a resident"), "technician.find", Role.TECHNICIAN, Role.ADMINISTRATOR)
+register_navigation(_l("Enrol"), "technician.enrol", Role.TECHNICIAN, Role.ADMINISTRATOR)
+
+PEOPLE = (Role.TECHNICIAN, Role.ADMINISTRATOR)
+PAGE = 25
+
+
+class EnrolForm(FlaskForm):  # type: ignore[misc]
+    name = StringField(_l("Full name"), validators=[DataRequired(), Length(max=200)])
+    sex = RadioField(
+        _l("Sex"), choices=[("F", _l("female")), ("M", _l("male"))], validators=[DataRequired()]
+    )
+    birth_date = DateField(_l("Date of birth"), validators=[DataRequired()])
+    id_number = StringField(
+        _l("ID number"),
+        validators=[DataRequired(), Regexp(ID_NUMBER, message=_l("6 to 32 letters and digits."))],
+    )
+    phone = StringField(
+        _l("Phone"),
+        validators=[Optional(), Regexp(PHONE, message=_l("Digits, spaces and dashes only."))],
+    )
+    region = StringField(
+        _l("Registered residence (region code)"),
+        validators=[
+            DataRequired(),
+            Regexp(REGION_CODE, message=_l("A region code, such as C01-T01.")),
+        ],
+    )
+    current_region = StringField(
+        _l("Lives now in (region code)"),
+        validators=[Optional(), Regexp(REGION_CODE, message=_l("A region code, such as C01-T01."))],
+    )
+
+
+class FindForm(FlaskForm):  # type: ignore[misc]
+    class Meta:
+        csrf = False  # a search changes nothing (each person shown is audited all the same)
+
+    id_number = StringField(
+        _l("ID number"),
+        validators=[Optional(), Regexp(ID_NUMBER, message=_l("6 to 32 letters and digits."))],
+    )
+    phone = StringField(
+        _l("Phone"),
+        validators=[Optional(), Regexp(PHONE, message=_l("Digits, spaces and dashes only."))],
+    )
+    name = StringField(_l("Full name"), validators=[Optional(), Length(max=200)])
+
+
+class CoupleForm(FlaskForm):  # type: ignore[misc]
+    partner_id_number = StringField(
+        _l("Partner's ID number"),
+        validators=[DataRequired(), Regexp(ID_NUMBER, message=_l("6 to 32 letters and digits."))],
+    )
+    planning_since = DateField(_l("Planning a pregnancy since"), validators=[Optional()])
+
+
+@technician.route("/enrol", methods=["GET", "POST"])
+@roles_required(*PEOPLE)
+def enrol() -> Response | str | tuple[str, int]:
+    form = EnrolForm()
+    if form.validate_on_submit():
+        session = db.session
+        try:
+            resident = people.enrol_for_staff(
+                session,
+                ctx(),
+                staff_user(),
+                name=form.name.data.strip(),
+                sex=form.sex.data,
+                birth_date=form.birth_date.data,
+                phone=form.phone.data or None,
+                id_number=form.id_number.data,
+                region_code=form.region.data,
+                current_region_code=form.current_region.data or None,
+            )
+        except ApiError as exc:
+            session.rollback()
+            put_error(form, exc, "id_number" if exc.code == "resident_exists" else None)
+            form.id_number.data = ""
+            return render_template("staff/enrol.html", form=form), 409 if exc.status == 409 else 400
+        session.commit()
+        flash(_("Enrolled. ID number %(masked)s.", masked=resident["id_number"]), "ok")
+        return redirect(url_for("technician.resident", resident_id=resident["resident_id"]))
+    form.id_number.data = ""  # never echoed back
+    return render_template("staff/enrol.html", form=form), 400 if form.errors else 200
+
+
+@technician.get("/residents")
+@roles_required(*PEOPLE)
+def find() -> str | tuple[str, int]:
+    form = FindForm(request.args)
+    given = bool(form.id_number.data or form.phone.data or form.name.data)
+    rows: list[dict] = []
+    if given and form.validate():
+        session = db.session
+        rows = people.search_residents(
+            session,
+            ctx(),
+            staff_user(),
+            id_number=form.id_number.data or None,
+            phone=form.phone.data or None,
+            name=(form.name.data or "").strip() or None,
+            after=query_int("after"),
+            limit=PAGE + 1,
+        )
+        session.commit()  # the audited reads
+    page = page_of(rows, lambda r: r["resident_id"], PAGE)
+    form.id_number.data = ""
+    html = render_template("staff/find.html", form=form, page=page, searched=given)
+    return (html, 400) if form.errors else html
+
+
+@technician.get("/residents/<int:resident_id>")
+@roles_required(*PEOPLE)
+def resident(resident_id: int) -> str:
+    session = db.session
+    view = people.resident_for_staff(session, ctx(), staff_user(), resident_id)
+    session.commit()
+    return render_template("staff/resident.html", resident=view, couple=CoupleForm())
+
+
+@technician.post("/residents/<int:resident_id>/couple")
+@roles_required(*PEOPLE)
+def couple(resident_id: int) -> Response | tuple[str, int]:
+    form = CoupleForm()
+    session = db.session
+    if form.validate_on_submit():
+        try:
+            user = staff_user()
+            partner_id = people.resident_id_by_number(
+                session, ctx(), user, form.partner_id_number.data
+            )
+            stations.register_couple(
+                session, ctx(), user, resident_id, partner_id, form.planning_since.data
+            )
+        except ApiError as exc:
+            session.rollback()
+            put_error(form, exc, "partner_id_number")
+        else:
+            session.commit()
+            flash(_("Couple recorded."), "ok")
+            return redirect(url_for("technician.resident", resident_id=resident_id))
+    form.partner_id_number.data = ""
+    view = people.resident_for_staff(session, ctx(), staff_user(), resident_id)
+    session.commit()
+    return render_template("staff/resident.html", resident=view, couple=form), 400
