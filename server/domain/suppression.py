@@ -1,0 +1,281 @@
+"""Small-count suppression with complementary suppression, for every table a report or an export
+publishes.
+
+Pure: counts in, the publishable table out. A table is `rows x columns` counts with its row
+totals, column totals and grand total. Rule:
+
+1. *Primary*: every cell (margins included) counting fewer than `threshold` (5) people or events
+   is suppressed, zero included.
+2. *Complementary*: further cells are suppressed until no primary cell can be worked out from
+   what is published. "Worked out" is judged the way an attacker would: every published cell
+   and total is a constraint (each row sums to its total, each column to its total, the totals
+   to the grand total, counts are never negative), and the attacker's tightest interval
+   `[low, high]` for a primary cell must be at least `threshold` wide (`high - low >= threshold`,
+   or unbounded). A suppressed total is treated the same as a suppressed cell.
+
+The auditor solves those intervals exactly. The table with its margins is a circulation on a
+small directed graph (source -> row i [row total], row i -> column j [cell], column j -> sink
+[column total], sink -> source [grand total]); published cells fix flows, suppressed cells are
+free non-negative flows, and the bound of one cell is a linear programme over the connected
+part of the suppressed cells only. The graph's incidence matrix is totally unimodular, so the
+linear programme's bounds are the integer bounds (no integer programme needed).
+
+The complementary cells are chosen by the hypercube method (Repsilber's, in two dimensions):
+for each primary cell, smallest first, the cheapest rectangle of cells through it whose
+corners let it move by at least `threshold` while every sum stays true is hidden (inner cells
+before totals, small before large, corners already hidden reused). That is a proof of
+protection by construction: the rectangle alone keeps the cell's interval that wide, and
+hiding more cells only widens it. It is not an optimal (least-loss) solution. `audit` computes
+the attacker's intervals exactly (a linear programme per cell) for the tests and for anyone who
+wants to check a table.
+
+Known limit: tables are protected one at a time. Two published tables that share cells (a
+report by village and another by town for the same months) are linked; the reports publish the
+finer table with its own totals so that the coarser one is its margin, not a second table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linprog
+
+THRESHOLD = 5
+
+Cell = tuple[int, int]
+"""A cell of the extended table: (row, column), where row == rows is the column-totals row and
+column == columns is the row-totals column; (rows, columns) is the grand total."""
+
+
+class SuppressionError(ValueError):
+    """A table that cannot be suppressed: ragged rows or negative counts."""
+
+
+@dataclass(frozen=True)
+class SuppressedTable:
+    """What may be published: None where a count is suppressed."""
+
+    cells: tuple[tuple[int | None, ...], ...]
+    row_totals: tuple[int | None, ...]
+    column_totals: tuple[int | None, ...]
+    total: int | None
+    primary: frozenset[Cell]
+    complementary: frozenset[Cell]
+    threshold: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.row_totals), len(self.column_totals)
+
+    def extended(self) -> list[list[int | None]]:
+        """The (rows + 1) x (columns + 1) table with its margins, as published."""
+        rows = [[*row, total] for row, total in zip(self.cells, self.row_totals, strict=True)]
+        rows.append([*self.column_totals, self.total])
+        return rows
+
+    @property
+    def suppressed(self) -> frozenset[Cell]:
+        return self.primary | self.complementary
+
+
+def _extended_counts(table: Sequence[Sequence[int]]) -> tuple[list[list[int]], int, int]:
+    rows = len(table)
+    columns = len(table[0]) if rows else 0
+    if any(len(row) != columns for row in table):
+        raise SuppressionError("every row needs the same number of columns")
+    if any(value < 0 for row in table for value in row):
+        raise SuppressionError("counts are never negative")
+    extended = [[int(v) for v in row] + [sum(int(v) for v in row)] for row in table]
+    extended.append([sum(table[i][j] for i in range(rows)) for j in range(columns)])
+    extended[rows].append(sum(extended[rows]))
+    return extended, rows, columns
+
+
+class _Circulation:
+    """The extended table as a circulation: node 0 the source, 1..R rows, R+1..R+C columns,
+    R+C+1 the sink; each extended cell is one edge."""
+
+    def __init__(self, rows: int, columns: int) -> None:
+        self.rows, self.columns = rows, columns
+        self.sink = rows + columns + 1
+
+    def edge(self, cell: Cell) -> tuple[int, int]:
+        i, j = cell
+        if i < self.rows and j < self.columns:
+            return 1 + i, 1 + self.rows + j
+        if i < self.rows:  # row total
+            return 0, 1 + i
+        if j < self.columns:  # column total
+            return 1 + self.rows + j, self.sink
+        return self.sink, 0  # grand total
+
+
+def audit(
+    extended: Sequence[Sequence[int]],
+    suppressed: Iterable[Cell],
+    cells: Iterable[Cell] | None = None,
+) -> dict[Cell, tuple[float, float]]:
+    """The attacker's tightest interval for each of `cells` (default: every suppressed cell),
+    knowing every other cell of the extended table and that counts are non-negative.
+    `extended` holds the true counts, margins included; `high` may be `inf`."""
+    rows, columns = len(extended) - 1, len(extended[0]) - 1
+    graph = _Circulation(rows, columns)
+    hidden = sorted(set(suppressed))
+    wanted = hidden if cells is None else sorted(set(cells))
+    hidden_set = set(hidden)
+    wanted_set = set(wanted)
+    # Net known inflow at every node, from the published edges.
+    known = [0] * (graph.sink + 1)
+    for i in range(rows + 1):
+        for j in range(columns + 1):
+            if (i, j) not in hidden_set:
+                tail, head = graph.edge((i, j))
+                known[tail] -= extended[i][j]
+                known[head] += extended[i][j]
+    components = _components(graph, hidden)
+    result: dict[Cell, tuple[float, float]] = {}
+    for component in components:
+        targets = [c for c in component if c in wanted_set]
+        if not targets:
+            continue
+        nodes = sorted({n for c in component for n in graph.edge(c)})
+        index = {n: k for k, n in enumerate(nodes)}
+        matrix = np.zeros((len(nodes), len(component)))
+        for k, cell in enumerate(component):
+            tail, head = graph.edge(cell)
+            matrix[index[tail], k] -= 1.0
+            matrix[index[head], k] += 1.0
+        # Conservation: hidden inflow + known inflow = 0 at every node of the component.
+        rhs = np.array([-known[n] for n in nodes], dtype=float)
+        for cell in targets:
+            k = component.index(cell)
+            objective = np.zeros(len(component))
+            objective[k] = 1.0
+            low = linprog(objective, A_eq=matrix, b_eq=rhs, bounds=(0, None), method="highs")
+            high = linprog(-objective, A_eq=matrix, b_eq=rhs, bounds=(0, None), method="highs")
+            low_value = low.fun if low.status == 0 else 0.0
+            high_value = -high.fun if high.status == 0 else float("inf")
+            result[cell] = (round(low_value, 6), round(high_value, 6))
+    return result
+
+
+def _components(graph: _Circulation, hidden: Sequence[Cell]) -> list[list[Cell]]:
+    """The hidden cells grouped by the connected parts of the graph they form."""
+    parent = list(range(graph.sink + 1))
+
+    def find(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for cell in hidden:
+        tail, head = graph.edge(cell)
+        parent[find(tail)] = find(head)
+    groups: dict[int, list[Cell]] = {}
+    for cell in hidden:
+        groups.setdefault(find(graph.edge(cell)[0]), []).append(cell)
+    return list(groups.values())
+
+
+MARGIN_COST = 10_000.0  # hiding a total costs more than hiding any inner cell
+CELL_COST = 1.0  # and each newly hidden cell a little, so hidden corners are reused
+ROOMY = 1e12  # a corner that never limits the move
+
+
+def _weights(size: int) -> np.ndarray:
+    """+1 for the inner lines, -1 for the totals line: each line's constraint is sum(w x) = 0."""
+    weights = np.ones(size + 1)
+    weights[size] = -1.0
+    return weights
+
+
+def _protect(values: np.ndarray, hidden: np.ndarray, cell: Cell, threshold: int) -> bool:
+    """Hide the cheapest rectangle through `cell` that keeps it at least `threshold` wide.
+
+    For rows a, b and columns c, d of the extended table ((a, c) being `cell`), adding t to
+    (a, c), -wc*wd*t to (a, d), -wa*wb*t to (b, c) and wa*wb*wc*wd*t to (b, d) keeps every
+    row and column sum (w: +1 inner line, -1 totals line). With those four cells hidden an
+    attacker cannot tell the true table from the one moved by any t that keeps the four
+    non-negative: a range as wide as (smallest corner moving down when t > 0) + (smallest
+    corner moving down when t < 0). Hiding more cells only widens it. False when no rectangle
+    is wide enough.
+    """
+    a, c = cell
+    rows, columns = values.shape
+    wr, wc = _weights(rows - 1), _weights(columns - 1)
+    sign_ad = -wc[c] * wc  # per column d
+    sign_bc = -wr[a] * wr  # per row b
+    sign_bd = np.outer(sign_bc, sign_ad)
+
+    def limit(sign: np.ndarray, value: np.ndarray, moving_down: float) -> np.ndarray:
+        return np.where(sign * moving_down > 0, value, ROOMY)
+
+    # t > 0 is limited by the corners with a negative coefficient, t < 0 by the positive ones
+    # (the cell itself among them).
+    room_up = np.minimum(
+        np.minimum(
+            limit(sign_ad, values[a, :], -1.0)[None, :], limit(sign_bc, values[:, c], -1.0)[:, None]
+        ),
+        limit(sign_bd, values, -1.0),
+    )
+    room_down = np.minimum(
+        np.minimum(
+            limit(sign_ad, values[a, :], 1.0)[None, :], limit(sign_bc, values[:, c], 1.0)[:, None]
+        ),
+        np.minimum(limit(sign_bd, values, 1.0), values[a, c]),
+    )
+    wide = (room_up + room_down) >= threshold
+    wide[a, :] = False
+    wide[:, c] = False
+    if not wide.any():
+        return False
+    margin = np.zeros_like(values)
+    margin[rows - 1, :] = 1.0
+    margin[:, columns - 1] = 1.0
+    cost_of = np.where(hidden, 0.0, values + CELL_COST + MARGIN_COST * margin)
+    cost = np.where(wide, cost_of[a, :][None, :] + cost_of[:, c][:, None] + cost_of, np.inf)
+    b, d = (int(k) for k in np.unravel_index(int(np.argmin(cost)), cost.shape))
+    for corner in ((a, d), (b, c), (b, d)):
+        hidden[corner] = True
+    return True
+
+
+def suppress(table: Sequence[Sequence[int]], threshold: int = THRESHOLD) -> SuppressedTable:
+    """Suppress `table` (rows of counts; its totals are computed here) for publication."""
+    extended, rows, columns = _extended_counts(table)
+    every = [(i, j) for i in range(rows + 1) for j in range(columns + 1)]
+    primary = {c for c in every if extended[c[0]][c[1]] < threshold}
+    values = np.array(extended, dtype=float)
+    hidden = np.zeros(values.shape, dtype=bool)
+    for cell in primary:
+        hidden[cell] = True
+    # The smallest first: their rectangles are the hardest to find.
+    for cell in sorted(primary, key=lambda c: (extended[c[0]][c[1]], c)):
+        if not _protect(values, hidden, cell, threshold):
+            hidden[:, :] = True  # no rectangle is wide enough: nothing can be published
+            break
+    hidden_cells = {c for c in every if hidden[c]}
+
+    def shown(cell: Cell) -> int | None:
+        return None if cell in hidden_cells else extended[cell[0]][cell[1]]
+
+    return SuppressedTable(
+        cells=tuple(tuple(shown((i, j)) for j in range(columns)) for i in range(rows)),
+        row_totals=tuple(shown((i, columns)) for i in range(rows)),
+        column_totals=tuple(shown((rows, j)) for j in range(columns)),
+        total=shown((rows, columns)),
+        primary=frozenset(primary),
+        complementary=frozenset(hidden_cells - primary),
+        threshold=threshold,
+    )
+
+
+def suppress_list(
+    counts: Sequence[int], threshold: int = THRESHOLD
+) -> tuple[list[int | None], int | None]:
+    """A one-way table (counts and their total): each count is a row of one column."""
+    result = suppress([[c] for c in counts], threshold)
+    return [row[0] for row in result.cells], result.total
