@@ -102,13 +102,15 @@ def attack(result: SuppressedTable) -> dict[tuple[int, int], tuple[float, float]
     return {cell: integer_interval(published, cell) for cell in result.primary}
 
 
-def check_protected(table: Sequence[Sequence[int]], result: SuppressedTable) -> None:
+def check_protected(
+    table: Sequence[Sequence[int]], result: SuppressedTable, *, zeros: bool = False
+) -> None:
     truth = extended_truth(table)
     published = result.extended()
     for i, row in enumerate(published):
         for j, value in enumerate(row):
             assert value is None or value == truth[i][j]
-            if truth[i][j] < THRESHOLD:
+            if 0 < truth[i][j] < THRESHOLD or (zeros and truth[i][j] == 0):
                 assert value is None, f"small cell {(i, j)} published"
     assert not determined_by_algebra(published) & result.primary
     for cell, (low, high) in attack(result).items():
@@ -150,10 +152,17 @@ def test_small_totals_are_suppressed_too() -> None:
     check_protected(table, result)
 
 
-def test_a_table_that_cannot_be_protected_publishes_nothing() -> None:
+def test_zeros_are_published_unless_asked_and_an_all_small_table_shows_no_count() -> None:
+    assert suppress([[0, 20], [30, 40]]).cells == ((0, 20), (30, 40))
+    hidden_zero = suppress([[0, 20], [30, 40]], zeros_are_small=True)
+    assert hidden_zero.cells[0][0] is None
+    check_protected([[0, 20], [30, 40]], hidden_zero, zeros=True)
+    # Every count small: each is hidden with its totals (the grand total too), so none has an
+    # upper bound; only the zero stays.
     result = suppress([[1, 2], [0, 1]])
     assert result.total is None
-    assert all(v is None for row in result.extended() for v in row)
+    assert [v for row in result.extended() for v in row if v is not None] == [0]
+    check_protected([[1, 2], [0, 1]], result)
 
 
 def test_a_one_way_table() -> None:
@@ -180,10 +189,10 @@ tables = st.integers(1, 4).flatmap(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tables)
-def test_no_suppressed_small_cell_can_be_worked_out(table: list[list[int]]) -> None:
-    result = suppress(table)
-    check_protected(table, result)
+@given(tables, st.booleans())
+def test_no_suppressed_small_cell_can_be_worked_out(table: list[list[int]], zeros: bool) -> None:
+    result = suppress(table, zeros_are_small=zeros)
+    check_protected(table, result, zeros=zeros)
     # The module's own auditor agrees with the independent attacker on every small cell.
     truth = extended_truth(table)
     for cell, (low, high) in audit(truth, result.suppressed, result.primary).items():

@@ -5,7 +5,9 @@ Pure: counts in, the publishable table out. A table is `rows x columns` counts w
 totals, column totals and grand total. Rule:
 
 1. *Primary*: every cell (margins included) counting fewer than `threshold` (5) people or events
-   is suppressed, zero included.
+   is suppressed. A zero is published by default (`zeros_are_small=False`): "nobody" singles
+   out no one, and hiding every zero would blank most of a sparse table (a village's month)
+   and, through the rectangles, the cells beside them; a caller who must hide zeros too says so.
 2. *Complementary*: further cells are suppressed until no primary cell can be worked out from
    what is published. "Worked out" is judged the way an attacker would: every published cell
    and total is a constraint (each row sums to its total, each column to its total, the totals
@@ -243,11 +245,14 @@ def _protect(values: np.ndarray, hidden: np.ndarray, cell: Cell, threshold: int)
     return True
 
 
-def suppress(table: Sequence[Sequence[int]], threshold: int = THRESHOLD) -> SuppressedTable:
+def suppress(
+    table: Sequence[Sequence[int]], threshold: int = THRESHOLD, *, zeros_are_small: bool = False
+) -> SuppressedTable:
     """Suppress `table` (rows of counts; its totals are computed here) for publication."""
     extended, rows, columns = _extended_counts(table)
     every = [(i, j) for i in range(rows + 1) for j in range(columns + 1)]
-    primary = {c for c in every if extended[c[0]][c[1]] < threshold}
+    smallest = 0 if zeros_are_small else 1
+    primary = {c for c in every if smallest <= extended[c[0]][c[1]] < threshold}
     values = np.array(extended, dtype=float)
     hidden = np.zeros(values.shape, dtype=bool)
     for cell in primary:
@@ -274,8 +279,8 @@ def suppress(table: Sequence[Sequence[int]], threshold: int = THRESHOLD) -> Supp
 
 
 def suppress_list(
-    counts: Sequence[int], threshold: int = THRESHOLD
+    counts: Sequence[int], threshold: int = THRESHOLD, *, zeros_are_small: bool = False
 ) -> tuple[list[int | None], int | None]:
     """A one-way table (counts and their total): each count is a row of one column."""
-    result = suppress([[c] for c in counts], threshold)
+    result = suppress([[c] for c in counts], threshold, zeros_are_small=zeros_are_small)
     return [row[0] for row in result.cells], result.total
