@@ -1,0 +1,327 @@
+"""The staff pages in Debian's Chromium against the real server (its own process, real HTTP):
+sign in and out, lockout, a disabled user's session ending, CSRF from another site, a technician
+enrolling and finding a resident with bad input refused next to its field, an auditor finding a
+tampered audit row, a town administrator's scope; in Simplified Chinese and English, axe-core on
+every page, screenshots kept (tests/pages.py).
+
+One server and one database for the module; each test signs in its own users in a fresh
+browser profile.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from onecard.platform import start_server
+from onecard.procs import free_port
+from server.app import context_of, create_app
+from server.services import seed_demo, staff_auth
+from server.store.db import db
+from server.store.migrate import upgrade
+from server.store.models import Role
+from tests.pages import assert_accessible, chromium, page_in, shot
+
+FIELD_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+PASSWORD = "correct horse battery"
+TOWN = "C01-T01"
+VILLAGE = "C01-T01-V001"
+OTHER_TOWN = "C01-T02"
+
+
+@dataclass
+class Stage:
+    url: str
+    database: Path
+    shots: Path
+
+    def shot(self, page: Any, name: str) -> None:
+        shot(page, self.shots, name)
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
+    base = tmp_path_factory.mktemp("staff-pages")
+    database = base / "onecard.db"
+    env = {
+        "ONECARD_DATABASE_URL": f"sqlite:///{database}",
+        "ONECARD_DATA_DIR": str(base / "data"),
+        "ONECARD_FIELD_KEY": FIELD_KEY,
+        "ONECARD_COOKIE_SECURE": "0",  # plain HTTP on 127.0.0.1
+    }
+    upgrade(env["ONECARD_DATABASE_URL"])
+    app = create_app(env)
+    try:
+        with db.bound(app).sessionmaker() as session:
+            ctx = context_of(app)
+            seed_demo(session, ctx)
+            for name, role, region in [
+                ("admin-city", Role.ADMINISTRATOR, None),
+                ("admin-town", Role.ADMINISTRATOR, TOWN),
+                ("tech-town", Role.TECHNICIAN, TOWN),
+                ("nurse-town", Role.STATION_STAFF, TOWN),
+                ("auditor-city", Role.AUDITOR, None),
+                ("victim", Role.TECHNICIAN, TOWN),
+            ]:
+                staff_auth.bootstrap_user(
+                    session,
+                    ctx,
+                    name=name,
+                    role=role,
+                    region_code=region,
+                    password=PASSWORD,
+                    must_change=False,
+                )
+            session.commit()
+    finally:
+        db.dispose(app)
+    port = free_port()
+    server = start_server({**os.environ, **env}, port)
+    try:
+        yield Stage(f"http://127.0.0.1:{port}", database, base / "screenshots")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as launched:
+        yield launched
+
+
+def sign_in(page: Any, stage: Stage, name: str, password: str = PASSWORD) -> None:
+    page.goto(f"{stage.url}/sign-in")
+    page.fill("#name", name)
+    page.fill("#password", password)
+    page.click("#sign-in")
+
+
+def rows(stage: Stage, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(stage.database) as connection:
+        return connection.execute(sql, args).fetchall()
+
+
+WORDS = {
+    "zh-CN": {
+        "sign_in": "登录",
+        "wrong": "用户名或密码不正确",
+        "locked": "失败次数过多",
+        "signed_out": "您已退出登录",
+        "users": "工作人员",
+    },
+    "en-US": {
+        "sign_in": "Sign in",
+        "wrong": "The user name or the password is wrong",
+        "locked": "Too many failed attempts",
+        "signed_out": "You have signed out",
+        "users": "Staff users",
+    },
+}
+
+
+@pytest.mark.parametrize("locale", ["zh-CN", "en-US"])
+def test_sign_in_wrong_password_lockout_and_sign_out(
+    stage: Stage, browser: Any, locale: str
+) -> None:
+    words = WORDS[locale]
+    with page_in(browser, locale) as page:
+        page.goto(f"{stage.url}/sign-in")
+        assert page.evaluate("document.documentElement.lang") == (
+            "zh-CN" if locale == "zh-CN" else "en"
+        )
+        assert page.inner_text("h1") == words["sign_in"]
+        assert_accessible(page)
+        stage.shot(page, f"staff-sign-in-{locale}")
+
+        sign_in(page, stage, "admin-city", "wrong password")
+        assert words["wrong"] in page.inner_text(".error-summary")
+        assert_accessible(page)
+
+        sign_in(page, stage, "admin-city")
+        assert page.url.endswith("/admin/users")
+        assert page.inner_text("h1") == words["users"]
+        assert "admin-town" in page.inner_text("table")
+        assert_accessible(page)
+        stage.shot(page, f"staff-admin-users-{locale}")
+        cookie = next(c for c in page.context.cookies() if c["name"] == "onecard_staff")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+        page.click("text=" + ("退出登录" if locale == "zh-CN" else "Sign out"))
+        assert words["signed_out"] in page.inner_text(".flashes")
+        page.goto(f"{stage.url}/admin/users")
+        assert "/sign-in" in page.url  # the session is gone on the server too
+    assert page.script_errors == []
+
+
+def test_the_language_switch_is_one_click(stage: Stage, browser: Any) -> None:
+    with page_in(browser, "zh-CN") as page:
+        page.goto(f"{stage.url}/sign-in")
+        assert page.inner_text("h1") == "登录"
+        page.click("button[value=en]")
+        assert page.inner_text("h1") == "Sign in"
+        assert page.evaluate("document.documentElement.lang") == "en"
+        page.click("button[value=zh_CN]")
+        assert page.inner_text("h1") == "登录"
+
+
+def test_repeated_failures_lock_the_sign_in_for_a_while(stage: Stage, browser: Any) -> None:
+    with page_in(browser, "en-US") as page:
+        for _ in range(staff_auth.PAIR_FREE_FAILURES):
+            sign_in(page, stage, "victim", "guess")
+        sign_in(page, stage, "victim")  # the right password, but locked for now
+        assert "Too many failed attempts. Try again after" in page.inner_text(".error-summary")
+        assert_accessible(page)
+        stage.shot(page, "staff-locked")
+    actions = [
+        a for (a,) in rows(stage, "SELECT action FROM audit_log WHERE action LIKE 'staff.sign_in%'")
+    ]
+    assert "staff.sign_in.locked" in actions and actions.count("staff.sign_in.failed") >= 5
+
+
+def test_a_disabled_users_session_ends_at_once(stage: Stage, browser: Any) -> None:
+    with page_in(browser, "en-US") as nurse, page_in(browser, "en-US") as admin:
+        sign_in(nurse, stage, "nurse-town")
+        nurse.goto(f"{stage.url}/account")
+        assert "nurse-town" in nurse.inner_text("dl")
+        sign_in(admin, stage, "admin-city")
+        admin.click("a:text-is('nurse-town')")
+        admin.click("#disable-user")
+        assert "User disabled" in admin.inner_text(".flashes")
+        assert_accessible(admin)
+        stage.shot(admin, "staff-user-disabled")
+        nurse.reload()
+        assert "/sign-in" in nurse.url
+        sign_in(nurse, stage, "nurse-town")
+        assert "wrong" in nurse.inner_text(".error-summary")
+
+
+def test_a_form_posted_from_another_site_is_refused(stage: Stage, browser: Any) -> None:
+    """A page elsewhere submits a form to the server in the signed-in administrator's browser:
+    the SameSite=Strict cookie does not go with it and there is no CSRF token; nothing is made."""
+    evil = (
+        "<!doctype html><title>prize</title><form id=f method=post "
+        f"action='{stage.url}/admin/users/new'>"
+        "<input name=name value=mallory><input name=role value=administrator>"
+        "<input name=region value=''><input name=password value=0123456789abc></form>"
+    )
+    with page_in(browser, "en-US") as page:
+        sign_in(page, stage, "admin-city")
+        page.route(
+            "http://evil.example/**",
+            lambda route: route.fulfill(status=200, content_type="text/html", body=evil),
+        )
+        page.goto("http://evil.example/prize")
+        with page.expect_navigation(url=f"{stage.url}/**"):
+            page.eval_on_selector("#f", "form => form.submit()")
+        assert page.url.startswith(stage.url)
+        assert "/sign-in" in page.url or "did not come from this site" in page.content()
+    assert rows(stage, "SELECT id FROM staff_users WHERE name = 'mallory'") == []
+
+
+@pytest.mark.parametrize("locale", ["zh-CN", "en-US"])
+def test_a_technician_enrols_and_finds_a_resident(stage: Stage, browser: Any, locale: str) -> None:
+    suffix = "1" if locale == "zh-CN" else "2"
+    id_number = f"11010119900101{suffix}23X"
+    before = rows(stage, "SELECT count(*) FROM residents")[0][0]
+    with page_in(browser, locale) as page:
+        sign_in(page, stage, "tech-town")
+        assert "/sign-in" not in page.url, page.inner_text("main")
+        page.goto(f"{stage.url}/technician/enrol")
+        assert_accessible(page)
+        # Bad input: a message next to each field, nothing written, the ID number not echoed.
+        page.fill("#name", "Li Mei")
+        page.fill("#id_number", "12")
+        page.fill("#region", VILLAGE)
+        page.click("#enrol-submit")
+        assert page.locator("#id_number-error").is_visible()
+        assert page.locator("#birth_date-error").is_visible()
+        assert page.locator("#sex-error").is_visible()
+        assert page.input_value("#id_number") == ""
+        assert rows(stage, "SELECT count(*) FROM residents")[0][0] == before
+        assert_accessible(page)
+        stage.shot(page, f"staff-enrol-errors-{locale}")
+
+        page.check("input[name=sex][value=F]")
+        page.fill("#birth_date", "1990-01-01")
+        page.fill("#id_number", id_number)
+        page.fill("#phone", "139 0000 000" + suffix)
+        page.fill("#current_region", OTHER_TOWN)
+        page.click("#enrol-submit")
+        masked = "*" * 14 + id_number[-4:]
+        assert masked in page.inner_text("h1")
+        assert id_number not in page.content()
+        assert_accessible(page)
+        stage.shot(page, f"staff-resident-{locale}")
+
+        # The same ID number again (any spacing) is refused next to the field.
+        page.goto(f"{stage.url}/technician/enrol")
+        page.fill("#name", "Li Mei again")
+        page.check("input[name=sex][value=F]")
+        page.fill("#birth_date", "1990-01-01")
+        page.fill("#id_number", id_number[:6] + " " + id_number[6:])
+        page.fill("#region", VILLAGE)
+        page.click("#enrol-submit")
+        assert page.locator("#id_number-error").is_visible()
+        assert rows(stage, "SELECT count(*) FROM residents")[0][0] == before + 1
+
+        page.goto(f"{stage.url}/technician/residents?phone=1390000000{suffix}")
+        found = page.locator("tr[data-resident]")
+        assert found.count() == 1 and masked in found.inner_text()
+        assert "Li Mei" in found.inner_text()
+        assert_accessible(page)
+        stage.shot(page, f"staff-find-{locale}")
+    reads = rows(stage, "SELECT count(*) FROM audit_log WHERE action = 'resident.read'")[0][0]
+    assert reads >= 2  # the resident page and the search result, each audited
+
+
+def test_a_town_technician_does_not_find_another_towns_resident(stage: Stage, browser: Any) -> None:
+    with page_in(browser, "en-US") as page:
+        sign_in(page, stage, "admin-city")
+        page.goto(f"{stage.url}/technician/enrol")
+        page.fill("#name", "Far Away")
+        page.check("input[name=sex][value=M]")
+        page.fill("#birth_date", "1985-05-05")
+        page.fill("#id_number", "FAR0000000001")
+        page.fill("#region", OTHER_TOWN)
+        page.click("#enrol-submit")
+        assert "0001" in page.inner_text("h1")
+    with page_in(browser, "en-US") as page:
+        sign_in(page, stage, "tech-town")
+        page.goto(f"{stage.url}/technician/residents?id_number=FAR0000000001")
+        assert page.locator("tr[data-resident]").count() == 0
+
+
+def test_an_auditor_sees_a_tampered_row_detected(stage: Stage, browser: Any) -> None:
+    with page_in(browser, "zh-CN") as page:
+        sign_in(page, stage, "auditor-city")
+        assert page.url.endswith("/audit")
+        page.click("#verify-chain")
+        assert page.get_attribute("#chain-result", "data-intact") == "true"
+        assert_accessible(page)
+        stage.shot(page, "staff-audit-intact-zh-CN")
+
+        # Someone with database access rewrites an old entry (the table's triggers stop an
+        # UPDATE, so they drop them first).
+        [(victim,)] = rows(stage, "SELECT min(id) + 2 FROM audit_log")
+        with sqlite3.connect(stage.database) as connection:
+            connection.execute("DROP TRIGGER IF EXISTS audit_log_no_update")
+            connection.execute("UPDATE audit_log SET actor = 'user:999' WHERE id = ?", (victim,))
+        page.click("#verify-chain")
+        assert page.get_attribute("#chain-result", "data-intact") == "false"
+        assert page.get_attribute("#chain-result", "data-broken-at") == str(victim)
+        assert f"第 {victim} 条" in page.inner_text("#chain-result")
+        assert_accessible(page)
+        stage.shot(page, "staff-audit-broken-zh-CN")
+
+        page.goto(f"{stage.url}/audit?action=staff.sign_in")
+        entries = page.locator("tr[data-entry]")
+        assert entries.count() >= 1
+        assert all("staff.sign_in" in t for t in entries.all_inner_texts())
+        page.goto(f"{stage.url}/technician/enrol")
+        assert page.locator("[data-status='403']").count() == 1  # not an auditor's page
