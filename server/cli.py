@@ -1,6 +1,6 @@
 """`onecard server ...`: init-db, seed-demo, add-kiosk, add-station, create-user, set-password,
 tokens, reindex-residents, verify-audit,
-prune, health, keygen-secrets, backup, restore, run.
+prune, alerts, health, keygen-secrets, backup, restore, run.
 
 `main(argv) -> exit status`; the `onecard` console script delegates its `server` subcommand here.
 Configuration comes from the environment (server.config), as in production. Errors are one line
@@ -34,7 +34,8 @@ from server.app import context_of, create_app
 from server.config import SECRETS, ConfigError, ServerConfig, database_url_of, settings_reader
 from server.errors import ApiError
 from server.http.requestlog import configure_logging
-from server.services import health, people, staff_auth
+from server.services import alerts, fleet, health, people, staff_auth
+from server.services.notify import Notifier, NotifySettings
 from server.store import backup as backups
 from server.store.audit import verify_chain
 from server.store.db import db
@@ -141,7 +142,35 @@ def _parser() -> argparse.ArgumentParser:
         "fill the keyed phone and name indexes of residents enrolled before they existed",
     )
     _command(commands, "verify-audit", "check the audit log's hash chain; exit 1 if broken")
-    _command(commands, "prune", "forget spent nonces and idempotency records past their use")
+    _command(
+        commands,
+        "prune",
+        "forget spent nonces and idempotency records past their use, and old kiosk telemetry",
+    )
+    alerts = _command(
+        commands,
+        "alerts",
+        "fleet alerts: run the rules once and send the messages (for a timer), assign staff "
+        "to kiosks, set how staff are reached, place kiosks and set slot levels",
+    )
+    alert_commands = alerts.add_subparsers(dest="alerts_command", required=True)
+    alert_commands.add_parser("run-once", help="evaluate every rule, open/clear alerts, send")
+    assign = alert_commands.add_parser("assign", help="make a staff user responsible for a kiosk")
+    assign.add_argument("--kiosk", required=True)
+    assign.add_argument("--staff", required=True, help="the staff user's name")
+    contact = alert_commands.add_parser("contact", help="how a staff user is reached")
+    contact.add_argument("--staff", required=True)
+    contact.add_argument("--email")
+    contact.add_argument("--phone", help="a work phone, for the SMS gateway's webhook")
+    locate = alert_commands.add_parser("locate", help="a kiosk's coordinates (WGS 84)")
+    locate.add_argument("--kiosk", required=True)
+    locate.add_argument("--lat", type=float, required=True)
+    locate.add_argument("--lon", type=float, required=True)
+    levels = alert_commands.add_parser("levels", help="a slot's restock minimum and capacity")
+    levels.add_argument("--kiosk", required=True)
+    levels.add_argument("--slot", type=int, required=True)
+    levels.add_argument("--minimum", type=int)
+    levels.add_argument("--capacity", type=int)
     _command(commands, "health", "check the database and the schema; exit 1 if a part is down")
     keygen = _command(
         commands,
@@ -244,8 +273,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                 return _verify_audit(session)
             elif args.command == "prune":
                 nonces, records = services.prune(session, ctx)
+                events = fleet.prune_kiosk_events(session, ctx.now())
                 session.commit()
-                print(json.dumps({"nonces": nonces, "idempotency_records": records}))
+                print(
+                    json.dumps(
+                        {"nonces": nonces, "idempotency_records": records, "kiosk_events": events}
+                    )
+                )
+            elif args.command == "alerts":
+                return _alerts(session, ctx, args)
             elif args.command == "health":
                 parts = health.check(session)
                 print(json.dumps({part.name: part.to_json() for part in parts}))
@@ -280,6 +316,28 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(json.dumps({"reindexed": done}))
     finally:
         db.dispose(app)
+    return 0
+
+
+def _alerts(session: Session, ctx: services.Context, args: argparse.Namespace) -> int:
+    command = args.alerts_command
+    if command == "run-once":
+        notifier = Notifier(NotifySettings.from_config(os.environ))
+        summary = alerts.run_once(session, ctx, notifier)
+        print(json.dumps(summary.to_json()))
+        return 0 if summary.failed == 0 else EXIT_FAILED
+    if command == "assign":
+        alerts.assign(session, args.kiosk, args.staff)
+    elif command == "contact":
+        alerts.set_contact(session, args.staff, email=args.email, phone=args.phone)
+    elif command == "locate":
+        fleet.set_location(session, args.kiosk, args.lat, args.lon)
+    elif command == "levels":
+        fleet.set_slot_levels(
+            session, args.kiosk, args.slot, minimum=args.minimum, capacity=args.capacity
+        )
+    session.commit()
+    print("done")
     return 0
 
 

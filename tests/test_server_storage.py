@@ -217,7 +217,11 @@ def test_cli_verify_audit_and_prune(
     assert main(["verify-audit"]) == 0
     assert "intact" in capsys.readouterr().out
     assert main(["prune"]) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"nonces", "idempotency_records"}
+    assert set(json.loads(capsys.readouterr().out)) == {
+        "nonces",
+        "idempotency_records",
+        "kiosk_events",
+    }
 
 
 def test_prune_keeps_what_a_retry_may_still_need(server_world: ServerWorld) -> None:

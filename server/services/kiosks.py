@@ -22,6 +22,7 @@ from cardsvc.requestsig import canonical_json
 from server.errors import InvalidRequest, NotFound, ServiceUnavailable, Unprocessable
 from server.services.appointments import add_default_hours
 from server.services.context import Context
+from server.services.fleet import note_heartbeat
 from server.store import audit
 from server.store.models import (
     Card,
@@ -159,6 +160,7 @@ def record_telemetry(
             for r in rows
         ],
     )
+    note_heartbeat(session, kiosk_id, now, events)  # the latest state, for the fleet
     # A string, as kiosk.telemetry compares it with the configuration's version it keeps.
     return {"status": "ok", "revocation_version": str(revocation_version(session, ctx))}
 

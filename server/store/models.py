@@ -23,6 +23,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     String,
     Text,
     Time,
+    UniqueConstraint,
     false,
     text,
 )
@@ -219,6 +221,9 @@ class Kiosk(Base):
     # "kiosk" (dispenses) or "station" (a service station's desk: exam eligibility and records).
     # Both sign their requests and make card proofs the same way.
     kind: Mapped[str] = mapped_column(String(10), default="kiosk", server_default="kiosk")
+    # Where it stands (WGS 84), for the fleet map; NULL: not surveyed yet.
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
 
 
 class KioskSlot(Base):
@@ -228,6 +233,8 @@ class KioskSlot(Base):
     slot: Mapped[int] = mapped_column(Integer, primary_key=True)
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
     stock: Mapped[int | None] = mapped_column(Integer)
+    minimum: Mapped[int | None] = mapped_column(Integer)  # restock at or under this
+    capacity: Mapped[int | None] = mapped_column(Integer)  # what the slot holds when full
 
     product: Mapped[Product] = relationship()
 
@@ -334,7 +341,10 @@ class KioskEvent(Base):
     """Telemetry a kiosk reported: heartbeat, stock, fault, door, temperature, power-up, ..."""
 
     __tablename__ = "kiosk_events"
-    __table_args__ = (Index("ix_kiosk_events_kiosk_id_at", "kiosk_id", "at"),)
+    __table_args__ = (
+        Index("ix_kiosk_events_kiosk_id_at", "kiosk_id", "at"),
+        Index("ix_kiosk_events_at", "at"),  # retention prunes by age
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kiosk_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"))
@@ -499,3 +509,94 @@ class StationHours(Base):
     closes: Mapped[dt.time] = mapped_column(Time)
     slot_minutes: Mapped[int] = mapped_column(Integer)
     capacity: Mapped[int] = mapped_column(Integer)
+
+
+# --- fleet state and alerts (issue 12; server.services.fleet and server.services.alerts) ---------
+
+
+class KioskStatus(Base):
+    """The latest state a kiosk's heartbeat reported: one row per kiosk."""
+
+    __tablename__ = "kiosk_status"
+
+    kiosk_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"), primary_key=True)
+    door_open: Mapped[bool | None] = mapped_column(Boolean)
+    door_open_since: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    temperature_c: Mapped[float | None] = mapped_column(Float)
+    faults: Mapped[str] = mapped_column(Text, server_default="[]")  # JSON list of codes
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AlertRuleRow(Base):
+    """An alert rule as data (server.domain.alerts.AlertRule); one per kind."""
+
+    __tablename__ = "alert_rules"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    low: Mapped[float | None] = mapped_column(Float)
+    high: Mapped[float | None] = mapped_column(Float)
+    quiet_minutes: Mapped[int] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+
+
+class AlertContact(Base):
+    """How a staff member is told of alerts: e-mail, and a phone for the city's SMS gateway."""
+
+    __tablename__ = "alert_contacts"
+
+    staff_user_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"), primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(254))
+    phone: Mapped[str | None] = mapped_column(String(32))
+
+
+class KioskResponsible(Base):
+    __tablename__ = "kiosk_responsibles"
+
+    kiosk_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"), primary_key=True)
+    staff_user_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"), primary_key=True)
+
+
+class Alert(Base):
+    """One alert from opening until it clears (or someone resolves it); figures only."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index(
+            "uq_alerts_kiosk_id_kind_subject_open",
+            "kiosk_id",
+            "kind",
+            "subject",
+            unique=True,
+            sqlite_where=text("cleared_at IS NULL"),
+            postgresql_where=text("cleared_at IS NULL"),
+        ),
+        Index("ix_alerts_opened_at", "opened_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kiosk_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)  # JSON figures
+    opened_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    cleared_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    acknowledged_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    acknowledged_by: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"))
+    resolved_by: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"))
+
+
+class AlertDelivery(Base):
+    """One message of an alert to one recipient on one channel (email, webhook)."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (UniqueConstraint("alert_id", "channel", "recipient"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    recipient: Mapped[str] = mapped_column(String(254))
+    status: Mapped[str] = mapped_column(String(16))  # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(String(300))
