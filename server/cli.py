@@ -1,6 +1,6 @@
 """`onecard server ...`: init-db, seed-demo, add-kiosk, add-station, create-user, set-password,
 tokens, reindex-residents, verify-audit,
-prune, alerts, health, keygen-secrets, backup, restore, run.
+prune, alerts, dhis2, health, keygen-secrets, backup, restore, run.
 
 `main(argv) -> exit status`; the `onecard` console script delegates its `server` subcommand here.
 Configuration comes from the environment (server.config), as in production. Errors are one line
@@ -32,9 +32,10 @@ from sqlalchemy.orm import Session
 from server import services
 from server.app import context_of, create_app
 from server.config import SECRETS, ConfigError, ServerConfig, database_url_of, settings_reader
+from server.domain.dhis2 import Dhis2Mapping
 from server.errors import ApiError
 from server.http.requestlog import configure_logging
-from server.services import alerts, fleet, health, people, staff_auth
+from server.services import alerts, exports, fleet, health, people, staff_auth
 from server.services.notify import Notifier, NotifySettings
 from server.store import backup as backups
 from server.store.audit import verify_chain
@@ -173,6 +174,26 @@ def _parser() -> argparse.ArgumentParser:
     levels.add_argument("--slot", type=int, required=True, help="the slot number")
     levels.add_argument("--minimum", type=int, help="restock when the slot holds fewer")
     levels.add_argument("--capacity", type=int, help="how many items the slot holds full")
+    dhis2 = _command(
+        commands,
+        "dhis2",
+        "the year's suppressed dispenses per village as a DHIS2 data value set: print it "
+        "(json or csv) or push it to ONECARD_DHIS2_URL and print the import summary",
+    )
+    dhis2.add_argument(
+        "action", choices=["export", "push"], help="print the data value set, or push it"
+    )
+    dhis2.add_argument("--mapping", type=Path, help="the mapping JSON (else ONECARD_DHIS2_MAPPING)")
+    dhis2.add_argument("--year", type=int, required=True, help="the calendar year to report")
+    dhis2.add_argument(
+        "--period",
+        choices=["month", "quarter", "year"],
+        default="month",
+        help="the DHIS2 period of each value",
+    )
+    dhis2.add_argument(
+        "--format", choices=["json", "csv"], default="json", help="export: the output format"
+    )
     _command(commands, "health", "check the database and the schema; exit 1 if a part is down")
     keygen = _command(
         commands,
@@ -284,6 +305,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 )
             elif args.command == "alerts":
                 return _alerts(session, ctx, args)
+            elif args.command == "dhis2":
+                return _dhis2(session, args)
             elif args.command == "health":
                 parts = health.check(session)
                 print(json.dumps({part.name: part.to_json() for part in parts}))
@@ -341,6 +364,34 @@ def _alerts(session: Session, ctx: services.Context, args: argparse.Namespace) -
     session.commit()
     print("done")
     return 0
+
+
+def _dhis2(session: Session, args: argparse.Namespace) -> int:
+    path = args.mapping or os.environ.get("ONECARD_DHIS2_MAPPING")
+    if not path:
+        raise ConfigError("ONECARD_DHIS2_MAPPING (or --mapping) names no mapping file")
+    try:
+        mapping = Dhis2Mapping.from_json(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"the DHIS2 mapping {path}: {exc}") from exc
+    values = exports.data_value_set(session, mapping, args.year, period=args.period)
+    session.rollback()
+    for skipped in values.skipped:
+        print(f"not mapped, left out: {skipped}", file=sys.stderr)
+    if args.action == "export":
+        print(values.to_csv() if args.format == "csv" else json.dumps(values.to_json(), indent=1))
+        return 0
+    url = os.environ.get("ONECARD_DHIS2_URL")
+    if not url:
+        raise ConfigError("ONECARD_DHIS2_URL is not set")
+    summary = exports.push(
+        url,
+        os.environ.get("ONECARD_DHIS2_USER", ""),
+        os.environ.get("ONECARD_DHIS2_PASSWORD", ""),
+        values,
+    )
+    print(json.dumps(summary.to_json()))
+    return 0 if not summary.conflicts and summary.status in ("SUCCESS", "OK") else EXIT_FAILED
 
 
 def _password_from_stdin() -> str:

@@ -22,6 +22,7 @@ from server.store.models import (
     ExamProgramme,
     ExamRecord,
     Kiosk,
+    Product,
     Region,
     StaffUser,
 )
@@ -75,7 +76,7 @@ def add_dispenses(w: ServerWorld, kiosk_id: str, day: dt.date, count: int) -> No
             .order_by(Authorization.proof_counter.desc())
         )
         product_id, category_id = session.execute(
-            select(Authorization.product_id, Authorization.category_id).limit(1)
+            select(Product.id, Product.category_id).where(Product.sku == w.seed.product_sku)
         ).one()
         at = dt.datetime.combine(day, dt.time(3), dt.UTC)
         for n in range(count):
