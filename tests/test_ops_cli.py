@@ -175,17 +175,18 @@ def test_every_option_has_a_help_text() -> None:
 @pytest.mark.parametrize(
     ("command", "variables"),
     [
-        (("kiosk", "run"), ["ONECARD_KIOSK_ID", "ONECARD_SERVER_CA", "ONECARD_BOARD_DEVICE"]),
-        (("server", "run"), ["ONECARD_DATABASE_URL", "ONECARD_PRODUCTION", "ONECARD_FIELD_KEY"]),
-        (("server", "backup"), ["ONECARD_BACKUP_PASSPHRASE", "ONECARD_DATABASE_URL"]),
-        (("card", "revoke"), ["ONECARD_SERVER_URL", "ONECARD_SERVER_CA", "ONECARD_TOKEN"]),
+        ("onecard kiosk run", ["ONECARD_KIOSK_ID", "ONECARD_SERVER_CA", "ONECARD_BOARD_DEVICE"]),
+        ("onecard server run", ["ONECARD_DATABASE_URL", "ONECARD_PRODUCTION", "ONECARD_FIELD_KEY"]),
+        ("onecard server backup", ["ONECARD_BACKUP_PASSPHRASE", "ONECARD_DATABASE_URL"]),
+        ("onecard card revoke", ["ONECARD_SERVER_URL", "ONECARD_SERVER_CA", "ONECARD_TOKEN"]),
     ],
 )
-def test_help_lists_the_environment(command: tuple[str, ...], variables: list[str]) -> None:
-    result = onecard(*command, "--help")
-    assert result.returncode == 0, result.stderr
+def test_help_lists_the_environment(command: str, variables: list[str]) -> None:
+    """What `COMMAND --help` prints (the parser's own help text, built in this process)."""
+    (parser,) = [parser for name, parser in _all_parsers() if name == command]
+    text = parser.format_help()
     for variable in variables:
-        assert variable in result.stdout, (variable, result.stdout)
+        assert variable in text, (variable, text)
 
 
 def test_readme_lists_every_environment_variable() -> None:
