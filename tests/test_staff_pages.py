@@ -10,6 +10,7 @@ browser profile.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -18,21 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from onecard.platform import start_server
 from onecard.procs import free_port
+from server import services
 from server.app import context_of, create_app
 from server.services import seed_demo, staff_auth
 from server.store.db import db
 from server.store.migrate import upgrade
-from server.store.models import Role
+from server.store.models import Region, Role
 from tests.pages import assert_accessible, chromium, page_in, shot
+from tests.test_station_page import random_public_key
 
 FIELD_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 PASSWORD = "correct horse battery"
 TOWN = "C01-T01"
 VILLAGE = "C01-T01-V001"
 OTHER_TOWN = "C01-T02"
+STATION = "ST-DESK-01"
+APPOINTEE = "APPT00000000017"
 
 
 @dataclass
@@ -68,6 +74,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
                 ("nurse-town", Role.STATION_STAFF, TOWN),
                 ("auditor-city", Role.AUDITOR, None),
                 ("victim", Role.TECHNICIAN, TOWN),
+                ("nurse-leaving", Role.STATION_STAFF, TOWN),
             ]:
                 staff_auth.bootstrap_user(
                     session,
@@ -79,6 +86,18 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
                     must_change=False,
                 )
             session.commit()
+            services.enrol_resident(
+                session,
+                ctx,
+                name="Zhang Hua",
+                sex="F",
+                birth_date=dt.date(1992, 3, 4),
+                phone=None,
+                id_number=APPOINTEE,
+                region_id=session.scalar(select(Region.id).where(Region.code == VILLAGE)),
+            )
+            session.commit()
+            services.add_station(session, ctx, STATION, random_public_key(), region_code=VILLAGE)
     finally:
         db.dispose(app)
     port = free_port()
@@ -186,18 +205,18 @@ def test_repeated_failures_lock_the_sign_in_for_a_while(stage: Stage, browser: A
 
 def test_a_disabled_users_session_ends_at_once(stage: Stage, browser: Any) -> None:
     with page_in(browser, "en-US") as nurse, page_in(browser, "en-US") as admin:
-        sign_in(nurse, stage, "nurse-town")
+        sign_in(nurse, stage, "nurse-leaving")
         nurse.goto(f"{stage.url}/account")
-        assert "nurse-town" in nurse.inner_text("dl")
+        assert "nurse-leaving" in nurse.inner_text("dl")
         sign_in(admin, stage, "admin-city")
-        admin.click("a:text-is('nurse-town')")
+        admin.click("a:text-is('nurse-leaving')")
         admin.click("#disable-user")
         assert "User disabled" in admin.inner_text(".flashes")
         assert_accessible(admin)
         stage.shot(admin, "staff-user-disabled")
         nurse.reload()
         assert "/sign-in" in nurse.url
-        sign_in(nurse, stage, "nurse-town")
+        sign_in(nurse, stage, "nurse-leaving")
         assert "wrong" in nurse.inner_text(".error-summary")
 
 
@@ -325,3 +344,64 @@ def test_an_auditor_sees_a_tampered_row_detected(stage: Stage, browser: Any) -> 
         assert all("staff.sign_in" in t for t in entries.all_inner_texts())
         page.goto(f"{stage.url}/technician/enrol")
         assert page.locator("[data-status='403']").count() == 1  # not an auditor's page
+
+
+def test_a_nurse_signs_in_with_a_password_and_the_desk_opens(stage: Stage, browser: Any) -> None:
+    """The station desk page under the new sign-in: no token to paste; the desk's calls carry
+    the session cookie and the page's CSRF token."""
+    with page_in(browser, "zh-CN") as page:
+        page.goto(f"{stage.url}/sign-in?next=/station?cardsvc=http://127.0.0.1:{free_port()}")
+        page.fill("#name", "nurse-town")
+        page.fill("#password", PASSWORD)
+        page.click("#sign-in")
+        page.wait_for_selector("body[data-view=desk]")
+        assert "nurse-town" in page.inner_text("#who-user")
+        assert STATION in page.inner_text("#who-station")
+        page.wait_for_selector("body[data-service=down]")
+        stage.shot(page, "staff-desk-signed-in-zh-CN")
+        page.click("#sign-out")
+        page.wait_for_url("**/sign-in")
+        page.goto(f"{stage.url}/staff/v1/me")
+        assert "token_missing" in page.content()  # the session ended on the server
+    assert page.script_errors == []
+
+
+@pytest.mark.parametrize("locale", ["zh-CN", "en-US"])
+def test_a_nurse_books_and_cancels_an_appointment(stage: Stage, browser: Any, locale: str) -> None:
+    today = dt.date.today()
+    monday = today + dt.timedelta(days=7 - today.weekday() + (7 if locale == "en-US" else 0))
+    before = rows(stage, "SELECT count(*) FROM appointments")[0][0]
+    with page_in(browser, locale) as page:
+        sign_in(page, stage, "nurse-town")
+        page.goto(f"{stage.url}/nurse/appointments?station={STATION}&date={monday}")
+        assert page.locator("tr[data-slot]").count() == 18  # 08:00-17:00, 30 minutes (data)
+        assert_accessible(page)
+        page.fill("#id_number", "NOBODY000001")
+        page.select_option("#programme", "reproductive_health_check")
+        page.click("#book-submit")
+        assert page.locator("#id_number-error").is_visible()  # next to the field
+        assert rows(stage, "SELECT count(*) FROM appointments")[0][0] == before
+        stage.shot(page, f"staff-appointment-error-{locale}")
+
+        page.fill("#id_number", APPOINTEE)
+        page.select_option("#programme", "reproductive_health_check")
+        page.select_option("#starts_at", index=2)  # 09:00
+        page.click("#book-submit")
+        booked = page.locator("tr[data-appointment]")
+        assert booked.count() == 1
+        assert "*" * 14 + APPOINTEE[-4:] in booked.inner_text() and "09:00" in booked.inner_text()
+        assert APPOINTEE not in page.content()
+        assert page.locator("tr[data-slot*='T09:00'] td.num").first.inner_text() == "1"
+        assert_accessible(page)
+        stage.shot(page, f"staff-appointment-booked-{locale}")
+
+        booked.locator("select").select_option(index=3)  # another free time
+        booked.locator("button.move").click()
+        assert page.locator("tr[data-appointment]").count() == 1
+        assert page.locator("tr[data-appointment] td").first.inner_text() == "10:00"
+
+        page.locator("tr[data-appointment] button.cancel").click()
+        assert page.locator("tr[data-appointment]").count() == 0
+    booked_now = rows(stage, "SELECT count(*) FROM appointments WHERE status = 'booked'")[0][0]
+    made = rows(stage, "SELECT count(*) FROM appointments")[0][0] - before
+    assert (booked_now, made) == (0, 2)  # booked, moved (a new booking), cancelled

@@ -284,3 +284,30 @@ def test_the_command_line_makes_the_first_administrator_and_manages_tokens(
     token_id = int(row.split('"id": ')[1].split(",")[0])
     assert cli.main(["tokens", "revoke", "--id", str(token_id)]) == 0
     assert bearer(server_world, token).status_code == 401
+
+
+def test_the_station_desk_works_with_the_sign_in_session_and_its_csrf_token(
+    server_world: ServerWorld,
+) -> None:
+    make_staff(server_world, "nurse-qian", Role.STATION_STAFF, TOWN, must_change=False)
+    nurse = StaffBrowser(server_world.app)
+    assert nurse.sign_in("nurse-qian").status_code == 302
+    assert nurse.get("/").headers["Location"].endswith("/station")  # a nurse's first page
+    desk = nurse.get("/station").get_data(as_text=True)
+    csrf_token = nurse.csrf(desk.replace('name="csrf-token" content=', 'name="csrf_token" value='))
+    me = nurse.get("/staff/v1/me")
+    assert me.status_code == 200 and me.get_json()["name"] == "nurse-qian"
+    body = {"station_id": "ST-NONE", "proof": {}}
+    forged = nurse.client.post(
+        "/staff/v1/exams/eligibility", json=body, base_url="https://localhost"
+    )
+    assert forged.status_code == 400  # no CSRF header: refused before anything is read
+    sent = nurse.client.post(
+        "/staff/v1/exams/eligibility",
+        json=body,
+        headers={"X-CSRFToken": csrf_token},
+        base_url="https://localhost",
+    )
+    assert sent.status_code in (400, 404) and sent.get_json()["code"] != "bad_request"
+    stranger = StaffBrowser(server_world.app)
+    assert stranger.get("/staff/v1/me").get_json()["code"] == "token_missing"

@@ -299,7 +299,9 @@ def resident_for_staff(
     return view
 
 
-def resident_id_by_number(session: Session, ctx: Context, user: StaffUser, id_number: str) -> int:
+def resident_id_by_number(
+    session: Session, ctx: Context, user: StaffUser, id_number: str, *, field: str = "id_number"
+) -> int:
     """The id of the person in the user's area with this ID number (404 otherwise)."""
     resident_id = session.scalar(
         select(Resident.id).where(
@@ -311,7 +313,7 @@ def resident_id_by_number(session: Session, ctx: Context, user: StaffUser, id_nu
         raise NotFound(
             "nobody in your area has this ID number",
             code="resident_unknown",
-            field="partner_id_number",
+            field=field,
         )
     return resident_id
 

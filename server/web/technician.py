@@ -159,7 +159,7 @@ def couple(resident_id: int) -> Response | tuple[str, int]:
         try:
             user = staff_user()
             partner_id = people.resident_id_by_number(
-                session, ctx(), user, form.partner_id_number.data
+                session, ctx(), user, form.partner_id_number.data, field="partner_id_number"
             )
             stations.register_couple(
                 session, ctx(), user, resident_id, partner_id, form.planning_since.data

@@ -31,6 +31,7 @@ window.OneCardI18n = (() => {
       "signin.title": "Sign in",
       "signin.token": "Staff token",
       "signin.button": "Sign in",
+      "signin.password_link": "Or sign in with your user name and password",
       "signin.hint": "The station-staff token your administrator gave you. It is kept in this " +
         "browser tab only, and forgotten when the tab closes.",
       "station.label": "Station",
@@ -172,6 +173,7 @@ window.OneCardI18n = (() => {
       "signin.title": "登录",
       "signin.token": "工作人员令牌",
       "signin.button": "登录",
+      "signin.password_link": "或用用户名和密码登录",
       "signin.hint": "管理员发给您的服务站工作人员令牌。它只保存在这个浏览器标签页中，" +
         "关闭标签页后即被清除。",
       "station.label": "服务站",

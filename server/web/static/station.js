@@ -76,6 +76,7 @@
     ticket: 0, // bumped on every card event: an answer for an older ticket is thrown away
     cardPresent: false,
     lastCounter: 0,
+    cookie: false, // signed in through the sign-in page (the session cookie), not a token
   };
 
   // --- HTTP ---------------------------------------------------------------------------------
@@ -97,8 +98,17 @@
     return body;
   }
 
+  // Signed in on this server's sign-in page (the session cookie) instead of with a token: a
+  // state-changing call then carries the page's CSRF token (station.html's meta tag).
+  const CSRF = document.querySelector("meta[name=csrf-token]")?.content || "";
+
   function server(path, { method = "GET", body, key } = {}) {
-    const headers = { Authorization: `Bearer ${state.token}` };
+    const headers = {};
+    if (state.token) {
+      headers.Authorization = `Bearer ${state.token}`;
+    } else if (method !== "GET") {
+      headers["X-CSRFToken"] = CSRF;
+    }
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (key) headers["Idempotency-Key"] = key;
     return fetchJson("server", path, { method, headers, body });
@@ -474,6 +484,12 @@
 
   /** `said`: a message for the sign-in form, or nothing. */
   function signOut(said) {
+    if (state.cookie) {
+      // End the server-side session too, then the sign-in page says so.
+      fetch("/sign-out", { method: "POST", headers: { "X-CSRFToken": CSRF } })
+        .finally(() => window.location.assign("/sign-in"));
+      return;
+    }
     sessionStorage.removeItem(STORE.token);
     state.token = null;
     clearTimeout(state.retryTimer);
@@ -499,6 +515,7 @@
     connectCardService();
   }
 
+  /** `token`: a staff token typed in, or null to use the session of this server's sign-in. */
   async function signIn(token) {
     state.token = token;
     let me;
@@ -507,7 +524,9 @@
     } catch (error) {
       state.token = null;
       sessionStorage.removeItem(STORE.token);
-      if (error instanceof Unreachable) {
+      if (token === null && error.status === 401) {
+        showSignin(); // not signed in on this server: the token form, or the sign-in page
+      } else if (error instanceof Unreachable) {
         showSignin("signin.unreachable");
       } else if (error.status === 401) {
         showSignin("signin.token_invalid");
@@ -518,7 +537,8 @@
       }
       return;
     }
-    sessionStorage.setItem(STORE.token, token);
+    state.cookie = token === null;
+    if (token !== null) sessionStorage.setItem(STORE.token, token);
     if (me.stations.length === 0) {
       showSignin("signin.no_station");
       return;
@@ -558,11 +578,7 @@
     $("sign-out").addEventListener("click", () => signOut("signin.signed_out"));
     $("recheck").addEventListener("click", () => checkEligibility());
     window.addEventListener("pagehide", closeEvents);
-    if (state.token) {
-      signIn(state.token);
-    } else {
-      showSignin();
-    }
+    signIn(state.token || null);
   }
 
   start();
