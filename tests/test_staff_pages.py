@@ -405,3 +405,48 @@ def test_a_nurse_books_and_cancels_an_appointment(stage: Stage, browser: Any, lo
     booked_now = rows(stage, "SELECT count(*) FROM appointments WHERE status = 'booked'")[0][0]
     made = rows(stage, "SELECT count(*) FROM appointments")[0][0] - before
     assert (booked_now, made) == (0, 2)  # booked, moved (a new booking), cancelled
+
+
+@pytest.mark.parametrize("locale", ["zh-CN", "en-US"])
+def test_a_town_administrator_makes_a_rule_for_the_town_only(
+    stage: Stage, browser: Any, locale: str
+) -> None:
+    before = rows(stage, "SELECT count(*) FROM entitlement_rules")[0][0]
+    with page_in(browser, locale) as page:
+        sign_in(page, stage, "admin-town")
+        page.goto(f"{stage.url}/admin/rules")
+        assert page.input_value("#area") == TOWN  # their own area by default
+        assert_accessible(page)
+        # Another town: refused next to the area field, nothing written.
+        page.fill("#area", OTHER_TOWN)
+        page.fill("#units", "1")
+        page.click("#create-rule")
+        assert page.locator("#area-error").is_visible()
+        # The whole city: refused the same way.
+        page.fill("#area", "")
+        page.fill("#units", "1")
+        page.click("#create-rule")
+        assert page.locator("#area-error").is_visible()
+        # Bad input: no units, days for a calendar month.
+        page.fill("#area", TOWN)
+        page.fill("#units", "")
+        page.fill("#period_days", "5")
+        page.click("#create-rule")
+        assert page.locator("#units-error").is_visible()
+        assert page.locator("#period_days-error").is_visible()
+        assert rows(stage, "SELECT count(*) FROM entitlement_rules")[0][0] == before
+        assert_accessible(page)
+        stage.shot(page, f"staff-rule-errors-{locale}")
+
+        page.fill("#period_days", "")
+        page.fill("#units", "2")
+        page.click("#create-rule")
+        assert page.locator(f"tr[data-area='{TOWN}']").count() >= 1
+        assert_accessible(page)
+        stage.shot(page, f"staff-rules-{locale}")
+    [(area,)] = rows(
+        stage,
+        "SELECT r.code FROM entitlement_rules e JOIN regions r ON r.id = e.region_id"
+        " WHERE e.id = (SELECT max(id) FROM entitlement_rules)",
+    )
+    assert area == TOWN

@@ -16,15 +16,25 @@ from typing import Any
 
 from flask import flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
+from sqlalchemy import select
 from werkzeug.wrappers import Response
-from wtforms import PasswordField, SelectField, StringField
-from wtforms.validators import DataRequired, Length, Optional, Regexp
+from wtforms import IntegerField, PasswordField, SelectField, StringField
+from wtforms.validators import (
+    DataRequired,
+    InputRequired,
+    Length,
+    NumberRange,
+    Optional,
+    Regexp,
+    ValidationError,
+)
 
+from server import services
 from server.errors import ApiError
 from server.services import staff_auth
 from server.services.staff_auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from server.store.db import db
-from server.store.models import Role
+from server.store.models import Category, Role
 from server.web.access import ctx, page_of, query_int, roles_required, staff_user
 from server.web.base import ROLE_LABELS, register_navigation, staff_blueprint
 from server.web.forms import REGION_CODE, ButtonForm, put_error, submitted
@@ -166,3 +176,107 @@ def user(user_id: int) -> Response | str | tuple[str, int]:
         reset=reset,
         toggle=toggle,
     ), status
+
+
+# --- entitlement rules ----------------------------------------------------------------------------
+
+register_navigation(_l("Rules"), "admin.rules", Role.ADMINISTRATOR)
+
+PERIODS = [
+    ("calendar_month", _l("calendar month")),
+    ("rolling_days", _l("rolling days")),
+    ("calendar_year", _l("calendar year")),
+]
+SEXES = [("", _l("anyone")), ("F", _l("women")), ("M", _l("men"))]
+
+
+class RuleForm(FlaskForm):  # type: ignore[misc]
+    area = StringField(
+        _l("Area (region code)"),
+        validators=[Optional(), Regexp(REGION_CODE, message=_l("A region code, such as C01-T01."))],
+    )
+    category = SelectField(_l("Category"))
+    period_kind = SelectField(_l("Period"), choices=PERIODS)
+    period_days = IntegerField(
+        _l("Days (rolling period only)"), validators=[Optional(), NumberRange(1, 3660)]
+    )
+    units = IntegerField(
+        _l("Units per period"), validators=[InputRequired(), NumberRange(0, 10_000)]
+    )
+    per_visit_cap = IntegerField(
+        _l("At most per visit"), validators=[Optional(), NumberRange(1, 10_000)]
+    )
+    min_age = IntegerField(_l("From age"), validators=[Optional(), NumberRange(0, 150)])
+    max_age = IntegerField(_l("To age"), validators=[Optional(), NumberRange(0, 150)])
+    sexes = SelectField(_l("Who"), choices=SEXES)
+
+    def validate_period_days(self, field: IntegerField) -> None:
+        if (self.period_kind.data == "rolling_days") != (field.data is not None):
+            raise ValidationError(_("Give the days for a rolling period, and only for one."))
+
+    def validate_max_age(self, field: IntegerField) -> None:
+        if (
+            field.data is not None
+            and self.min_age.data is not None
+            and field.data < self.min_age.data
+        ):
+            raise ValidationError(_("The upper age is below the lower one."))
+
+
+def _categories() -> list[tuple[str, str]]:
+    return [
+        (code, name)
+        for code, name in db.session.execute(
+            select(Category.code, Category.name).order_by(Category.code)
+        )
+    ]
+
+
+@admin.route("/rules", methods=["GET", "POST"])
+@roles_required(Role.ADMINISTRATOR)
+def rules() -> Response | str | tuple[str, int]:
+    session = db.session
+    me = staff_user()
+    form = RuleForm()
+    form.category.choices = _categories()
+    if request.method == "GET":
+        form.area.data = staff_auth.region_code_of(session, me.region_id) or ""
+    status = 200
+    if submitted(form, "create"):
+        spec = {
+            "area": form.area.data or None,
+            "category": form.category.data,
+            "period_kind": form.period_kind.data,
+            "period_days": form.period_days.data,
+            "units": form.units.data,
+            "per_visit_cap": form.per_visit_cap.data,
+            "min_age": form.min_age.data,
+            "max_age": form.max_age.data,
+            "sexes": form.sexes.data,
+        }
+        try:
+            services.create_rule(session, ctx(), me, spec)
+        except ApiError as exc:
+            session.rollback()
+            put_error(form, exc)
+            status = 400
+        else:
+            session.commit()
+            flash(_("Rule added. Kiosks follow it within seconds."), "ok")
+            return redirect(url_for("admin.rules"))
+    elif request.method == "POST" and request.form.get("action") == "create":
+        status = 400
+    elif request.method == "POST" and request.form.get("action") == "deactivate":
+        try:
+            services.deactivate_rule(session, ctx(), me, int(request.form.get("rule_id", "0")))
+        except (ApiError, ValueError):
+            session.rollback()
+            flash(_("This rule is not yours to retire."), "bad")
+            status = 403
+        else:
+            session.commit()
+            flash(_("Rule retired."), "ok")
+            return redirect(url_for("admin.rules"))
+    items = services.list_rules(session, user=me)
+    session.rollback()
+    return render_template("staff/rules.html", form=form, rules=items), status
