@@ -1,5 +1,7 @@
 """A synthetic city for tests and benchmarks: the plan's 18 towns/subdistricts, 811 villages and
-67 residential communities, N residents, kiosks in some villages and a year of dispenses.
+67 residential communities, N residents, kiosks in some villages (or `kiosks` of them, several
+per place), with coordinates, slot levels and a fleet state, a year of dispenses and, when asked,
+a station per town and a year of exams.
 
 Deterministic for a given seed. Bulk inserts through SQLAlchemy Core (executemany), not the ORM:
 a city is hundreds of thousands of rows. Personal fields are encrypted exactly as enrolment does.
@@ -16,13 +18,17 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from server.services import Context, seed_catalog
+from server.services.seeding import seed_exam_programmes
 from server.store.models import (
     Authorization,
     AuthorizationStatus,
     Card,
     CardStatus,
+    ExamProgramme,
+    ExamRecord,
     Kiosk,
     KioskSlot,
+    KioskStatus,
     Region,
     RegionKind,
     Resident,
@@ -53,6 +59,8 @@ def generate(
     residents: int = 10_000,
     dispenses: int = 30_000,
     kiosk_every: int = 10,
+    kiosks: int | None = None,
+    exams: int = 0,
     year: int = 2026,
     seed: int = 1,
 ) -> SyntheticCity:
@@ -90,25 +98,58 @@ def generate(
     )
 
     now = ctx.now()
-    kiosk_regions = leaf_ids[::kiosk_every]
-    session.execute(
-        insert(Kiosk),
-        [
+    if kiosks is None:
+        kiosk_regions = leaf_ids[::kiosk_every]
+    else:  # as many as asked, spread over the villages and communities (several per place)
+        kiosk_regions = [leaf_ids[i * 7919 % len(leaf_ids)] for i in range(kiosks)]
+    town_of_leaf = {
+        leaf: towns[i * TOWNS // (VILLAGES + COMMUNITIES)] for i, leaf in enumerate(leaf_ids)
+    }
+    town_index = {town: i for i, town in enumerate(towns)}
+    kiosk_rows = []
+    for i, region_id in enumerate(kiosk_regions):
+        t = town_index[town_of_leaf[region_id]]
+        # Fleet telemetry as a city would look: most heartbeats a minute old, a few late or gone.
+        age = rng.choice([30] * 45 + [240, 400, 3600, 86_400])
+        kiosk_rows.append(
             {
                 "id": f"S-{i:04d}",
                 "public_key": "A" * 43 + "=",
                 "region_id": region_id,
                 "enabled": True,
                 "last_counter": 0,
-                "created_at": now,
+                "created_at": now - dt.timedelta(days=400),
+                "last_seen_at": now - dt.timedelta(seconds=age),
+                "latitude": 31.0 + (t // 6) * 0.12 + rng.random() * 0.1,
+                "longitude": 121.0 + (t % 6) * 0.12 + rng.random() * 0.1,
             }
-            for i, region_id in enumerate(kiosk_regions)
-        ],
-    )
+        )
+    session.execute(insert(Kiosk), kiosk_rows)
     session.execute(
         insert(KioskSlot),
         [
-            {"kiosk_id": f"S-{i:04d}", "slot": 1, "product_id": product.id}
+            {
+                "kiosk_id": f"S-{i:04d}",
+                "slot": 1,
+                "product_id": product.id,
+                "stock": rng.choice([0, 2, 5, 12, 20, 30, 40, 40, 40]),
+                "minimum": 5,
+                "capacity": 40,
+            }
+            for i in range(len(kiosk_regions))
+        ],
+    )
+    session.execute(
+        insert(KioskStatus),
+        [
+            {
+                "kiosk_id": f"S-{i:04d}",
+                "door_open": rng.random() < 0.01,
+                "door_open_since": now - dt.timedelta(minutes=20),
+                "temperature_c": round(rng.uniform(5.0, 38.0), 1),
+                "faults": '["jam"]' if rng.random() < 0.02 else "[]",
+                "updated_at": now,
+            }
             for i in range(len(kiosk_regions))
         ],
     )
@@ -204,6 +245,40 @@ def generate(
                 for (r, d), n in items[begin : begin + BATCH]
             ],
         )
+    if exams:
+        seed_exam_programmes(session)
+        programmes = list(session.scalars(select(ExamProgramme.id).order_by(ExamProgramme.id)))
+        stations = [f"ST-{t + 1:02d}" for t in range(len(towns))]
+        session.execute(
+            insert(Kiosk),
+            [
+                {
+                    "id": station,
+                    "public_key": "A" * 43 + "=",
+                    "region_id": town,
+                    "enabled": True,
+                    "last_counter": 0,
+                    "created_at": now,
+                    "last_seen_at": now,
+                    "kind": "station",
+                }
+                for station, town in zip(stations, towns, strict=True)
+            ],
+        )
+        for begin in range(0, exams, BATCH):
+            session.execute(
+                insert(ExamRecord),
+                [
+                    {
+                        "programme_id": rng.choice(programmes),
+                        "resident_id": first_resident + rng.randrange(residents),
+                        "station_id": rng.choice(stations),
+                        "given_on": start_day + dt.timedelta(days=rng.randrange(365)),
+                        "created_at": now,
+                    }
+                    for _ in range(begin, min(begin + BATCH, exams))
+                ],
+            )
     for kiosk, counter in counters.items():
         if counter:
             session.execute(

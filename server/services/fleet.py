@@ -192,6 +192,7 @@ def fleet(
             .where(
                 Authorization.status == AuthorizationStatus.CAPTURED,
                 Authorization.created_at >= now - DISPENSE_LOOKBACK,
+                Authorization.created_at <= now,
             )
             .group_by(Authorization.kiosk_id)
         ).all()

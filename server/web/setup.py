@@ -25,7 +25,7 @@ from server.http.framework import STAFF_SESSION_HOOK
 from server.store.models import Role
 
 # The page modules register their blueprints and navigation when imported.
-from server.web import admin, auditor, auth, i18n, nurse, technician  # noqa: F401
+from server.web import admin, auditor, auth, fleet, i18n, nurse, reports, technician  # noqa: F401
 from server.web.base import (
     EXTENSION,
     ROLE_LABELS,
