@@ -31,26 +31,27 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 
 from cardsvc.errors import CardError, NoReaderError, PcscdUnavailableError
 from cardsvc.pcsc import PcscReader
-from kiosk.attendant import Attendant, StockBook
-from kiosk.board import BoardError, open_board
+from kiosk.attendant import RESULT_MIN_S, Attendant, StockBook
+from kiosk.board import BoardDriver, BoardError, open_board
 from kiosk.client import ServerClient
-from kiosk.config_sync import ConfigSync
+from kiosk.config_sync import ConfigSync, SlotConfig
 from kiosk.errors import KioskError
 from kiosk.identity import load_or_create_device_key, public_key_b64
 from kiosk.journal import Journal
+from kiosk.maintenance import Maintenance, test_txn_ids
 from kiosk.offline import OfflineMode
 from kiosk.revocation import RevocationList, SignedGetter, open_revocation_list
 from kiosk.screen.server import ScreenServer
 from kiosk.screen.speech import Speaker
 from kiosk.screen.words import Words
-from kiosk.session import ScreenSession
+from kiosk.session import TIMEOUTS, Screen, ScreenSession
 from kiosk.tap import Kiosk, TapResult
 from kiosk.telemetry import CONFIG_EVERY_S, HEARTBEAT_EVERY_S, Chore, Chores, Heartbeat
 
@@ -156,21 +157,72 @@ def run(
         if config.slot is not None:
             serve(kiosk, reader, config.slot, stop, report)
             return
-        words = Words()
-        session = ScreenSession()
-        session.subscribe(Speaker(words, wav_dir=config.speech_wav_dir))
-        attendant = Attendant(
+        parts = open_screen(
+            stack,
             kiosk,
-            session,
+            board,
+            server,
             reader,
             lambda: signed.current.slots if signed.current is not None else {},
-            StockBook(board),
-            report=report,
+            port=config.screen_port,
             stop=stop,
+            report=report,
+            speech_wav_dir=config.speech_wav_dir,
         )
-        screen = stack.enter_context(ScreenServer(session, words, config.screen_port))
-        print(f"kiosk screen: {screen.url}", flush=True)
-        serve(kiosk, reader, 0, stop, report, attendant=attendant)
+        print(f"kiosk screen: {parts.screen.url}", flush=True)
+        serve(kiosk, reader, 0, stop, report, attendant=parts.attendant)
+
+
+@dataclass
+class ScreenKiosk:
+    """The touch screen's parts around a kiosk core (kiosk run, the demo and the tests)."""
+
+    session: ScreenSession
+    attendant: Attendant
+    screen: ScreenServer
+    stock: StockBook
+    speaker: Speaker
+
+
+def open_screen(
+    stack: ExitStack,
+    kiosk: Kiosk,
+    board: BoardDriver,
+    server: ServerClient,
+    reader: PcscReader,
+    slots: Callable[[], Mapping[int, SlotConfig]],
+    *,
+    port: int = 0,
+    stop: threading.Event,
+    report: Callable[[TapResult], None],
+    speech_wav_dir: Path | None = None,
+    timeouts: Mapping[Screen, float | None] = TIMEOUTS,
+    result_min_s: float = RESULT_MIN_S,
+) -> ScreenKiosk:
+    """The screen session, its attendant (with maintenance mode) and the page server on
+    127.0.0.1:`port`, started; the server is closed when `stack` closes."""
+    words = Words()
+    session = ScreenSession(timeouts=timeouts)
+    speaker = Speaker(words, wav_dir=speech_wav_dir)
+    session.subscribe(speaker)
+    stock = StockBook(board)
+    maintenance = Maintenance(
+        session, board, server, slots, test_txn_ids(kiosk.journal), on_stock=stock.set
+    )
+    attendant = Attendant(
+        kiosk,
+        session,
+        reader,
+        slots,
+        stock,
+        maintenance=maintenance,
+        report=report,
+        result_min_s=result_min_s,
+        stop=stop,
+    )
+    screen = stack.enter_context(ScreenServer(session, words, port))
+    stack.callback(speaker.stop)
+    return ScreenKiosk(session, attendant, screen, stock, speaker)
 
 
 def revocation_news(

@@ -121,6 +121,10 @@ class ServerClient:
         """POST /entitlements: what the card may take here now, per category (kiosk.choices)."""
         return self.post("/api/v1/entitlements", {"proof": proof}, idempotency_key)
 
+    def stock_event(self, event: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """POST /stock-events: a technician's refill or test dispense (kiosk.maintenance)."""
+        return self.post("/api/v1/stock-events", event, idempotency_key)
+
     def capture(
         self, authorization_id: str, board_txn: int, idempotency_key: str
     ) -> dict[str, Any]:

@@ -162,6 +162,7 @@ class CheckedCard:
     guid: bytes
     role: CardRole
     proof: dict[str, Any]
+    certificate_der: bytes = field(repr=False)
     piv: PivSession = field(repr=False)
 
     @property
@@ -272,7 +273,9 @@ class Kiosk:
             result = self._rejected(exc, timer)
             result.card_guid = guid_hex
             return result
-        return CheckedCard(card.guid, verified.role, challenge.to_json(signature), piv)
+        return CheckedCard(
+            card.guid, verified.role, challenge.to_json(signature), card.certificate_der, piv
+        )
 
     def _prove(self, piv: PivSession, guid: bytes, timer: _Timer) -> tuple[TapChallenge, bytes]:
         challenge = TapChallenge(

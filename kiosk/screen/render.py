@@ -118,6 +118,15 @@ REMINDER = N_("Your card is still on the reader. Please take it with you.")
 STAFF_PIN = N_("Staff card: enter your PIN")
 PIN_WRONG = N_("Wrong PIN: {tries} tries left.")
 MAINTENANCE = N_("Maintenance")
+COLUMNS = (N_("Slot"), N_("Product"), N_("Stock"), N_("Capacity"), N_("Actions"))
+REFILL = N_("Refill to full")
+TEST_DISPENSE = N_("Test dispense")
+CLEAR_FAULTS = N_("Clear faults")
+DOOR_OPEN = N_("Door open")
+DOOR_CLOSED = N_("Door closed")
+BOARD_FAULTS = N_("Board faults: {faults}")
+NO_FAULTS = N_("No board faults")
+BOARD_SILENT = N_("The board did not answer: {error}")
 
 # Faults whose outcome the kiosk knows: nothing fell, nothing charged.
 _NOT_CHARGED = frozenset(
@@ -301,8 +310,11 @@ def _fault(doc: dict[str, Any], view: Mapping[str, Any], t: _Texts) -> None:
     kind = str(view.get("kind") or "unsettled")
     doc["heading"] = t(FAULT_TITLE)
     doc["reason"] = kind
-    doc["lines"] = [t(FAULTS.get(kind, FAULTS["unsettled"]))]
-    doc["lines"].append(t(NOT_CHARGED) if kind in _NOT_CHARGED else t(MAYBE_CHARGED))
+    if kind == "card_pulled" and view.get("words"):
+        doc["lines"] = t.phrases(view["words"])  # when it was pulled: what was (not) begun
+    else:
+        doc["lines"] = [t(FAULTS.get(kind, FAULTS["unsettled"]))]
+        doc["lines"].append(t(NOT_CHARGED) if kind in _NOT_CHARGED else t(MAYBE_CHARGED))
     if kind != "card_pulled":
         doc["lines"].append(t(REMOVE))
 
@@ -314,8 +326,9 @@ def _remove_card(doc: dict[str, Any], view: Mapping[str, Any], t: _Texts) -> Non
 
 def _staff_pin(doc: dict[str, Any], view: Mapping[str, Any], t: _Texts) -> None:
     doc["heading"] = t(STAFF_PIN)
+    doc["lines"] = t.phrases(view.get("notice"))
     if view.get("tries") is not None:
-        doc["lines"] = [t(PIN_WRONG, tries=view["tries"])]
+        doc["lines"].append(t(PIN_WRONG, tries=view["tries"]))
     doc["pin"] = True
     doc["buttons"] = [{"action": "cancel", "text": t(UI["cancel"])}]
 
@@ -323,15 +336,37 @@ def _staff_pin(doc: dict[str, Any], view: Mapping[str, Any], t: _Texts) -> None:
 def _maintenance(doc: dict[str, Any], view: Mapping[str, Any], t: _Texts) -> None:
     doc["heading"] = t(MAINTENANCE)
     doc["lines"] = t.phrases(view.get("notice"))
+    faults = view.get("faults") or []
+    status = []
+    if view.get("door_open") is not None:
+        status.append(t(DOOR_OPEN) if view["door_open"] else t(DOOR_CLOSED))
+    status.append(t(BOARD_FAULTS, faults=", ".join(faults)) if faults else t(NO_FAULTS))
+    if view.get("board_error"):
+        status.append(t(BOARD_SILENT, error=view["board_error"]))
     doc["maintenance"] = {
+        "columns": [t(c) for c in COLUMNS],
         "slots": [
-            dict(row, name=t.product(row.get("sku", ""), row.get("name", "")))
+            {
+                "slot": row["slot"],
+                "cells": [
+                    str(row["slot"]),
+                    t.product(row.get("sku", ""), row.get("name", "")),
+                    "?" if row.get("stock") is None else str(row["stock"]),
+                    "?" if row.get("capacity") is None else str(row["capacity"]),
+                ],
+                "actions": [
+                    {"action": "refill", "text": t(REFILL)},
+                    {"action": "test_dispense", "text": t(TEST_DISPENSE)},
+                ],
+            }
             for row in view.get("slots", [])
         ],
-        "door_open": view.get("door_open"),
-        "faults": view.get("faults", []),
+        "status": status,
     }
-    doc["buttons"] = [{"action": "finish", "text": t(UI["finish"])}]
+    doc["buttons"] = [
+        {"action": "clear_faults", "text": t(CLEAR_FAULTS)},
+        {"action": "finish", "text": t(UI["finish"])},
+    ]
 
 
 _SCREENS = {

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -131,6 +130,8 @@ def _handler_for(screen: ScreenServer) -> type[BaseHTTPRequestHandler]:
                 self._file(STATIC_DIR / "index.html")
             elif path == "/events":
                 self._events()
+            elif path == "/favicon.ico":
+                self._send(204, b"", "image/x-icon")  # none: said so, not a 404
             elif path == "/state":
                 self._json(200, screen.document())
             elif path.startswith("/static/"):
@@ -201,6 +202,3 @@ def _inside(path: Path) -> bool:
     except ValueError:
         return False
     return True
-
-
-Listener = Callable[[Snapshot], None]

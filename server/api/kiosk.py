@@ -37,7 +37,7 @@ from server.http.contracts import (
 )
 from server.http.framework import PUBLIC, REQUIRED, Call, device, endpoint
 from server.http.metrics import registry_of
-from server.services import provisioning
+from server.services import choices, provisioning, stock
 
 kiosk_api = Blueprint("kiosk_api", __name__, url_prefix="/api/v1")
 
@@ -345,3 +345,81 @@ def server_public_key(call: Call[None, None]) -> dict[str, Any]:
     raw = call.ctx.server_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     return {"algorithm": "Ed25519", "public_key": base64.b64encode(raw).decode()}
 
+
+# --- the kiosk's screen: what a card may take now; maintenance stock events (issue 10) ---------
+
+
+class EntitlementsRequest(Contract):
+    proof: Proof
+
+
+class CategoryAllowance(Answer):
+    category: str
+    left: Count
+    allowed: bool
+    reason: str | None = None
+    next_allowed_on: str | None = Field(default=None, json_schema_extra={"format": "date"})
+
+
+class EntitlementsAnswer(Answer):
+    accepted: bool
+    categories: list[CategoryAllowance] = []
+    reason: str | None = None
+    message: str | None = None
+
+
+@endpoint(
+    kiosk_api,
+    "POST",
+    "/entitlements",
+    summary="What the tapped card may take at this kiosk now: per category what is left, "
+    "whether one may be taken, why not, and the next date (nothing is reserved)",
+    auth=KIOSK,
+    body=EntitlementsRequest,
+    answer=EntitlementsAnswer,
+    idempotency=REQUIRED,
+    errors={**KIOSK_ERRORS, 503: "the card CA is not configured"},
+    field_codes=PROOF_CODES,
+)
+def card_entitlements(call: Call[EntitlementsRequest, None]) -> dict[str, Any]:
+    return choices.entitlements(call.session, call.ctx, call.device_id, call.body.proof.as_dict())
+
+
+class StockEventRequest(Contract):
+    kind: Literal["refill", "test_dispense"]
+    slot: Slot
+    sku: Annotated[str, StringConstraints(max_length=64)] | None = None
+    count_before: Annotated[int, Field(ge=0, le=MAX_STOCK)] | None = None
+    count_after: Annotated[int, Field(ge=0, le=MAX_STOCK)] | None = None
+    at_ms: Annotated[int, Field(ge=0)] | None = None
+    staff_proof: Proof
+    staff_certificate: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+
+
+class StockEventAnswer(Answer):
+    status: Literal["recorded"]
+    event_id: int
+    stock: int | None
+
+
+@endpoint(
+    kiosk_api,
+    "POST",
+    "/stock-events",
+    summary="A technician's refill or test dispense, proved by the staff card tapped at this kiosk",
+    auth=KIOSK,
+    body=StockEventRequest,
+    answer=StockEventAnswer,
+    idempotency=REQUIRED,
+    errors={
+        **KIOSK_ERRORS,
+        403: "not a staff card",
+        422: "the staff card's proof is invalid or too old, or no such slot",
+    },
+    field_codes={"staff_proof": "proof_malformed"},
+)
+def record_stock_event(call: Call[StockEventRequest, None]) -> dict[str, Any]:
+    body = call.body
+    event = body.model_dump()
+    event["staff_proof"] = body.staff_proof.as_dict()
+    return stock.record_stock_event(call.session, call.ctx, call.device_id, event)
