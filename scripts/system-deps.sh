@@ -22,6 +22,7 @@ need espeak-ng        sh -c 'command -v espeak-ng'  # the kiosk's spoken prompts
 need nginx            test -x /usr/sbin/nginx
 need systemd          sh -c 'command -v systemd-analyze'
 need postgresql-client sh -c 'command -v pg_dump && command -v pg_restore'
+need prometheus       sh -c 'command -v promtool'  # checks deploy/monitoring's alert rules in the tests
 need python3-venv     "$py" -c 'import ensurepip, venv'
 need python3-dev      "$py" -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))'
 

@@ -9,7 +9,8 @@ scrape sums every worker's, alive or dead. Without it (one process: the developm
 tests) the counts live in a registry of the application's own.
 
 Read from the database at scrape time: open reservations and the age of the oldest (a
-reservation is never released silently, so its age is watched).
+reservation is never released silently, so its age is watched), and the fleet (kiosks by
+state, slots low or empty, faults, doors open, open alerts by kind; FleetGauges).
 
 Who may scrape: with `ONECARD_METRICS_TOKEN` set, a request bearing `Authorization: Bearer
 <token>`; without it, only a client on the loopback address that came through no proxy (no
@@ -22,6 +23,7 @@ import hmac
 import ipaddress
 import os
 import time
+from collections import Counter as Tally
 from collections.abc import Iterator
 
 from flask import Flask, Response, current_app, g, request
@@ -37,7 +39,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from server.domain.alerts import AlertKind, Connection
 from server.errors import Forbidden, Unauthenticated
+from server.services import alerts, fleet
 from server.services.context import Context
 from server.store.audit import as_utc
 from server.store.db import db
@@ -85,14 +89,15 @@ class Registry:
     def authorization(self, outcome: str) -> None:
         self.outcomes.labels(outcome).inc()
 
-    def scrape(self, database: Collector) -> bytes:
+    def scrape(self, *database: Collector) -> bytes:
         """The text exposition: every worker's counts (or this process's) and `database`'s."""
         registry = CollectorRegistry(auto_describe=False)
         if os.environ.get(MULTIPROCESS_ENV):
             MultiProcessCollector(registry)
         else:
             registry.register(self.own)
-        registry.register(database)
+        for collector in database:
+            registry.register(collector)
         return generate_latest(registry)
 
 
@@ -126,6 +131,61 @@ class ReservationGauges(Collector):
         )
 
 
+class FleetGauges(Collector):
+    """The fleet, read when scraped (issue 12): kiosks by state, slots low or empty, kiosks with
+    a fault or the door open, open alerts by kind. One read of the fleet (server.services.fleet)."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        session = db.session
+        rows = fleet.fleet(session, self.context, alerts.rules(session))
+        open_alerts = alerts.open_counts(session)
+        session.rollback()
+        states = GaugeMetricFamily(
+            "onecard_kiosks",
+            "Kiosks and stations by state from the heartbeat's age.",
+            labels=["kind", "state"],
+        )
+        counted = Tally((row.state.kind, row.connection.value) for row in rows)
+        for kind in ("kiosk", "station"):
+            for state in Connection:
+                states.add_metric([kind, state.value], counted.get((kind, state.value), 0))
+        yield states
+        slots = GaugeMetricFamily(
+            "onecard_slots", "Kiosk slots at or under their minimum, or empty.", labels=["level"]
+        )
+        all_slots = [slot for row in rows if row.state.kind == "kiosk" for slot in row.slots]
+        slots.add_metric(
+            ["empty"], sum(1 for s in all_slots if s.stock is not None and s.stock <= 0)
+        )
+        slots.add_metric(
+            ["low"],
+            sum(1 for s in all_slots if s.needs_restock and s.stock is not None and s.stock > 0),
+        )
+        yield slots
+        yield GaugeMetricFamily(
+            "onecard_kiosks_faulted",
+            "Kiosks whose last heartbeat reported a fault.",
+            value=sum(1 for row in rows if row.state.faults),
+        )
+        yield GaugeMetricFamily(
+            "onecard_kiosks_door_open",
+            "Kiosks whose door is open.",
+            value=sum(1 for row in rows if row.state.door_open),
+        )
+        by_kind = GaugeMetricFamily(
+            "onecard_alerts_open", "Open fleet alerts by kind.", labels=["kind"]
+        )
+        for kind in AlertKind:
+            by_kind.add_metric([kind.value], open_alerts.get(kind.value, 0))
+        yield by_kind
+
+
 def check_scraper() -> None:
     """Refuse a scrape that is neither tokened nor local (see the module docstring)."""
     token = os.environ.get(TOKEN_ENV) or current_app.config.get(TOKEN_ENV)
@@ -149,6 +209,7 @@ def init_app(app: Flask, context: Context) -> None:
     registry = Registry()
     app.extensions[EXTENSION_KEY] = registry
     gauges = ReservationGauges(context)
+    fleet_gauges = FleetGauges(context)
 
     @app.before_request
     def _start_timer() -> None:
@@ -167,7 +228,7 @@ def init_app(app: Flask, context: Context) -> None:
     @app.get("/metrics")
     def _metrics() -> Response:
         check_scraper()
-        return Response(registry.scrape(gauges), mimetype=CONTENT_TYPE)
+        return Response(registry.scrape(gauges, fleet_gauges), mimetype=CONTENT_TYPE)
 
 
 def registry_of(app: Flask) -> Registry:
