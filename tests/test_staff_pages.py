@@ -450,3 +450,72 @@ def test_a_town_administrator_makes_a_rule_for_the_town_only(
         " WHERE e.id = (SELECT max(id) FROM entitlement_rules)",
     )
     assert area == TOWN
+
+
+BAD_REGIONS = """code,name,kind,parent
+C01-T01-V101,柳树村,village,C01-T01
+C01-T01-V101,重复村,village,C01-T01
+C01-T01-V102,,village,C01-T01
+C01-T01-V103,河湾村,hamlet,C01-T01
+C01-T09-V104,远村,village,C01-T09
+C01-T02-V105,山村,village,C01-T02
+"""
+GOOD_REGIONS = """\ufeffcode,name,kind,parent
+C01-T01-V101,柳树村,village,C01-T01
+C01-T01-V102,桃园社区,community,C01-T01
+C01-T01-V102-X,桃园东区,community,C01-T01-V102
+"""
+
+
+@pytest.mark.parametrize("locale", ["zh-CN", "en-US"])
+def test_a_region_file_with_problems_then_without(stage: Stage, browser: Any, locale: str) -> None:
+    suffix = "A" if locale == "zh-CN" else "B"
+    bad = BAD_REGIONS.replace("-V1", f"-V{suffix}")
+    good = GOOD_REGIONS.replace("-V1", f"-V{suffix}")
+    before = rows(stage, "SELECT count(*) FROM regions")[0][0]
+    with page_in(browser, locale) as page:
+        sign_in(page, stage, "admin-town")
+        page.goto(f"{stage.url}/admin/regions")
+        assert_accessible(page)
+        page.set_input_files(
+            "#csv_file",
+            files=[{"name": "regions.csv", "mimeType": "text/csv", "buffer": bad.encode()}],
+        )
+        page.click("#preview")
+        assert page.locator("#problems").count() == 1, page.inner_text("main")
+        problems = {
+            (item.get_attribute("data-line"), item.get_attribute("data-problem"))
+            for item in page.locator("#problems li").all()
+        }
+        assert problems == {
+            ("3", "code_repeated"),
+            ("4", "name_missing"),
+            ("5", "kind_invalid"),
+            ("6", "parent_unknown"),
+            ("7", "out_of_scope"),  # another town: not this administrator's
+        }
+        assert page.locator("#import").count() == 0
+        assert rows(stage, "SELECT count(*) FROM regions")[0][0] == before
+        assert_accessible(page)
+        stage.shot(page, f"staff-regions-problems-{locale}")
+
+        page.fill("#csv_text", good)
+        page.click("#preview")
+        assert page.locator("#ready").is_visible()
+        assert (
+            rows(stage, "SELECT count(*) FROM regions")[0][0] == before
+        )  # a preview writes nothing
+        stage.shot(page, f"staff-regions-preview-{locale}")
+        page.click("#import")
+        assert page.locator(".flash.ok").is_visible()
+    added = rows(
+        stage,
+        "SELECT c.code, p.code FROM regions c JOIN regions p ON p.id = c.parent_id"
+        " WHERE c.code LIKE ? ORDER BY c.code",
+        f"C01-T01-V{suffix}%",
+    )
+    assert added == [
+        (f"C01-T01-V{suffix}01", TOWN),
+        (f"C01-T01-V{suffix}02", TOWN),
+        (f"C01-T01-V{suffix}02-X", f"C01-T01-V{suffix}02"),
+    ]

@@ -1,12 +1,13 @@
-"""Administrators' pages: staff users (create, role and area, password reset, disable) and the
-entitlement rules of their area.
+"""Administrators' pages: staff users (create, role and area, password reset, disable), the
+entitlement rules of their area, and the region tree from a CSV file.
 
     GET       /admin/users                 the users in the administrator's area, paginated
     GET/POST  /admin/users/new             a new user with a first password
     GET/POST  /admin/users/<id>            role and area; reset the password; disable / enable
     GET/POST  /admin/rules                 the rules in force here, and a new one for this area
+    GET/POST  /admin/regions               the region tree from a CSV file: preview, then write
 
-Everything is checked again on the server (services.staff_auth, services.dispensing): an
+Everything is checked again on the server (services.staff_auth, services.dispensing, services.regions): an
 administrator of one town can neither see nor touch a user, a rule or an area of another.
 """
 
@@ -16,9 +17,10 @@ from typing import Any
 
 from flask import flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
+from flask_wtf.file import FileField
 from sqlalchemy import select
 from werkzeug.wrappers import Response
-from wtforms import IntegerField, PasswordField, SelectField, StringField
+from wtforms import IntegerField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.validators import (
     DataRequired,
     InputRequired,
@@ -31,7 +33,7 @@ from wtforms.validators import (
 
 from server import services
 from server.errors import ApiError
-from server.services import staff_auth
+from server.services import regions, staff_auth
 from server.services.staff_auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from server.store.db import db
 from server.store.models import Category, Role
@@ -280,3 +282,84 @@ def rules() -> Response | str | tuple[str, int]:
     items = services.list_rules(session, user=me)
     session.rollback()
     return render_template("staff/rules.html", form=form, rules=items), status
+
+
+# --- the region tree -------------------------------------------------------------------------------
+
+register_navigation(_l("Regions"), "admin.regions_page", Role.ADMINISTRATOR)
+
+
+REGION_PROBLEMS = {
+    "missing_column": _l("a column is missing"),
+    "too_many_rows": _l("too many rows"),
+    "code_invalid": _l("the code is not valid"),
+    "code_repeated": _l("the code is repeated"),
+    "name_missing": _l("the name is missing"),
+    "kind_invalid": _l("the kind is not valid"),
+    "parent_invalid": _l("the parent is not valid"),
+    "parent_unknown": _l("the parent is unknown"),
+    "region_moved": _l("the file would move a region"),
+    "out_of_scope": _l("outside your area"),
+}
+
+
+class RegionsForm(FlaskForm):  # type: ignore[misc]
+    csv_file = FileField(_l("CSV file (code,name,kind,parent)"))
+    csv_text = TextAreaField(_l("Or paste its lines here"))
+
+
+def _csv_text(form: RegionsForm) -> str | None:
+    upload = form.csv_file.data
+    if upload is not None and getattr(upload, "filename", ""):
+        raw = upload.read()
+        try:
+            return str(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            form.csv_file.errors = [_("The file must be UTF-8 text.")]
+            return None
+    if form.csv_text.data and form.csv_text.data.strip():
+        return str(form.csv_text.data)
+    form.csv_file.errors = [_("Choose a file or paste its lines.")]
+    return None
+
+
+@admin.route("/regions", methods=["GET", "POST"])
+@roles_required(Role.ADMINISTRATOR)
+def regions_page() -> Response | str | tuple[str, int]:
+    session = db.session
+    me = staff_user()
+    form = RegionsForm()
+    checked = None
+    text = None
+    status = 200
+    if form.validate_on_submit():
+        text = _csv_text(form)
+        if text is not None and request.form.get("action") == "import":
+            try:
+                done = regions.apply(session, ctx(), me, text)
+            except ApiError:
+                session.rollback()
+                checked = regions.plan(session, me, text)
+                status = 400
+            else:
+                session.commit()
+                flash(
+                    _(
+                        "Regions written: %(added)s added, %(renamed)s renamed.",
+                        added=done.count("add"),
+                        renamed=done.count("rename"),
+                    ),
+                    "ok",
+                )
+                return redirect(url_for("admin.regions_page"))
+        elif text is not None:
+            checked = regions.plan(session, me, text)
+            status = 400 if checked.problems else 200
+        else:
+            status = 400
+    elif request.method == "POST":
+        status = 400
+    session.rollback()
+    return render_template(
+        "staff/regions.html", form=form, plan=checked, text=text, problem_words=REGION_PROBLEMS
+    ), status
