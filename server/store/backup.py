@@ -56,6 +56,7 @@ from server.config import (
     SECRETS,
     ConfigError,
     Secret,
+    Setting,
     database_url_of,
     development_key_path,
     is_production,
@@ -196,8 +197,9 @@ def locate_secrets(overrides: Mapping[str, Any] | None, *, create: bool) -> list
     places = []
     for secret in SECRETS:
         if setting(secret.setting):
-            value = secret_key(setting, secret, production=production)
-            places.append(SecretPlace(secret, value, None, True))
+            places.append(
+                SecretPlace(secret, secret_key(setting, secret, production=production), None, True)
+            )
             continue
         file_setting = setting(secret.setting + "_FILE")
         if file_setting:
@@ -483,7 +485,7 @@ def _plan_secrets(
 
 
 def _plan_ca(
-    content: Path, setting: Any, *, force: bool
+    content: Path, setting: Setting, *, force: bool
 ) -> tuple[list[tuple[Path, bytes]], list[str]]:
     writes: list[tuple[Path, bytes]] = []
     notes: list[str] = []
