@@ -338,6 +338,28 @@ _TAKE_STOCK = (
 _INSERT_ANSWER = insert(table_of(IdempotencyRecord))
 
 
+def authorization_values(
+    reservation: Reservation, status: AuthorizationStatus, **settled: Any
+) -> dict[str, Any]:
+    """The row of a new authorization (`settled`: the columns of one recorded settled)."""
+    return {
+        "id": reservation.id,
+        "kiosk_id": reservation.kiosk_id,
+        "card_id": reservation.card_id,
+        "resident_id": reservation.resident_id,
+        "product_id": reservation.product_id,
+        "category_id": reservation.category_id,
+        "slot": reservation.slot,
+        "quantity": reservation.quantity,
+        "units": reservation.units,
+        "usage_day": reservation.usage_day,
+        "proof_counter": reservation.proof_counter,
+        "status": status,
+        "created_at": reservation.created_at,
+        **settled,
+    }
+
+
 def read_usage(connection: Connection, resident_id: int, since: dt.date) -> UsageByCategory:
     rows = connection.execute(_USAGE_SINCE, {"b_resident": resident_id, "b_since": since})
     return _usage_from_rows(rows)  # type: ignore[arg-type]
@@ -406,30 +428,18 @@ class _Common:
     def record_offline(self, record: OfflineRecord) -> None:
         connection = core_connection(self.session)
         r = record.reservation
+        status = AuthorizationStatus.CAPTURED if record.dispensed else AuthorizationStatus.VOIDED
         connection.execute(
             _INSERT_AUTHORIZATION,
-            {
-                "id": r.id,
-                "kiosk_id": r.kiosk_id,
-                "card_id": r.card_id,
-                "resident_id": r.resident_id,
-                "product_id": r.product_id,
-                "category_id": r.category_id,
-                "slot": r.slot,
-                "quantity": r.quantity,
-                "units": r.units,
-                "usage_day": r.usage_day,
-                "proof_counter": r.proof_counter,
-                "status": AuthorizationStatus.CAPTURED
-                if record.dispensed
-                else AuthorizationStatus.VOIDED,
-                "created_at": r.created_at,
-                "settled_at": record.settled_at,
-                "board_txn": record.board_txn,
-                "void_reason": record.void_reason,
-                "offline": True,
-                "flags": record.flags,
-            },
+            authorization_values(
+                r,
+                status,
+                settled_at=record.settled_at,
+                board_txn=record.board_txn,
+                void_reason=record.void_reason,
+                offline=True,
+                flags=record.flags,
+            ),
         )
         if record.dispensed:
             add_usage(connection, r.resident_id, r.category_id, r.usage_day, reserved=0, captured=r.units)
@@ -481,22 +491,7 @@ class CoreLedger(_Common):
     def reserve(self, reservation: Reservation) -> None:
         connection = core_connection(self.session)
         connection.execute(
-            _INSERT_AUTHORIZATION,
-            {
-                "id": reservation.id,
-                "kiosk_id": reservation.kiosk_id,
-                "card_id": reservation.card_id,
-                "resident_id": reservation.resident_id,
-                "product_id": reservation.product_id,
-                "category_id": reservation.category_id,
-                "slot": reservation.slot,
-                "quantity": reservation.quantity,
-                "units": reservation.units,
-                "usage_day": reservation.usage_day,
-                "proof_counter": reservation.proof_counter,
-                "status": AuthorizationStatus.RESERVED,
-                "created_at": reservation.created_at,
-            },
+            _INSERT_AUTHORIZATION, authorization_values(reservation, AuthorizationStatus.RESERVED)
         )
         add_usage(
             connection,
