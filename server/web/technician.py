@@ -5,6 +5,7 @@ person shown is an audited read) and record couples.
     GET       /technician/residents          find by ID number, phone or name (exact), paginated
     GET       /technician/residents/<id>     one resident (audited), their cards, their couple
     POST      /technician/residents/<id>/couple   record the resident's partner
+    POST      /technician/residents/<id>/cards/<guid>/revoke   revoke a lost or stolen card
 
 ID numbers are only ever shown masked (the last four characters); the full number is used once,
 to compute its keyed hash, and never stored or echoed back (the form field is emptied).
@@ -18,7 +19,7 @@ from werkzeug.wrappers import Response
 from wtforms import DateField, RadioField, StringField
 from wtforms.validators import DataRequired, Length, Optional, Regexp
 
-from server.errors import ApiError
+from server.errors import ApiError, NotFound
 from server.services import people, stations
 from server.store.db import db
 from server.store.models import Role
@@ -147,7 +148,9 @@ def resident(resident_id: int) -> str:
     session = db.session
     view = people.resident_for_staff(session, ctx(), staff_user(), resident_id)
     session.commit()
-    return render_template("staff/resident.html", resident=view, couple=CoupleForm())
+    return render_template(
+        "staff/resident.html", resident=view, couple=CoupleForm(), reasons=REVOKE_REASONS
+    )
 
 
 @technician.post("/residents/<int:resident_id>/couple")
@@ -174,4 +177,38 @@ def couple(resident_id: int) -> Response | tuple[str, int]:
     form.partner_id_number.data = ""
     view = people.resident_for_staff(session, ctx(), staff_user(), resident_id)
     session.commit()
-    return render_template("staff/resident.html", resident=view, couple=form), 400
+    return render_template(
+        "staff/resident.html", resident=view, couple=form, reasons=REVOKE_REASONS
+    ), 400
+
+
+REVOKE_REASONS = [
+    ("lost", _l("lost")),
+    ("stolen", _l("stolen")),
+    ("damaged", _l("damaged")),
+    ("holder_left", _l("the holder left")),
+]
+
+
+@technician.post("/residents/<int:resident_id>/cards/<guid>/revoke")
+@roles_required(*PEOPLE)
+def revoke_card(resident_id: int, guid: str) -> Response:
+    """Revoke a card (lost, stolen, ...): kiosks refuse it from their next revocation update."""
+    reason = request.form.get("reason", "")
+    session = db.session
+    if reason not in dict(REVOKE_REASONS):
+        flash(_("Choose why the card is revoked."), "bad")
+        return redirect(url_for("technician.resident", resident_id=resident_id))
+    try:
+        user = staff_user()
+        view = people.resident_for_staff(session, ctx(), user, resident_id)
+        if guid not in {c["card_guid"] for c in view["cards"]}:
+            raise NotFound("not this resident's card", code="card_unknown")
+        people.revoke_card(session, ctx(), guid, reason, user)
+    except ApiError:
+        session.rollback()
+        flash(_("This card cannot be revoked here."), "bad")
+    else:
+        session.commit()
+        flash(_("Card revoked. Kiosks refuse it from their next update."), "ok")
+    return redirect(url_for("technician.resident", resident_id=resident_id))
