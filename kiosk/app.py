@@ -40,9 +40,9 @@ from cardsvc.errors import CardError, NoReaderError, PcscdUnavailableError
 from cardsvc.pcsc import PcscReader
 from kiosk.attendant import RESULT_MIN_S, Attendant, StockBook
 from kiosk.board import BoardDriver, BoardError, open_board
-from kiosk.client import ServerClient
+from kiosk.client import ServerClient, normalise_pin
 from kiosk.config_sync import ConfigSync, SlotConfig
-from kiosk.errors import KioskError
+from kiosk.errors import KioskError, ServerTrustError
 from kiosk.identity import load_or_create_device_key, public_key_b64
 from kiosk.journal import Journal
 from kiosk.maintenance import Maintenance, test_txn_ids
@@ -83,6 +83,7 @@ class KioskConfig:
     speech_wav_dir: Path | None = None  # speech to WAV files instead of the sound card
     server_key: str | None = None  # base64 Ed25519; None: the pinned one, or pin on first use
     server_ca: Path | None = None  # the CA that signed the server's TLS certificate
+    server_pin: str | None = None  # SHA-256 of the server's TLS certificate, pinned
     heartbeat_every_s: float = HEARTBEAT_EVERY_S
     config_every_s: float = CONFIG_EVERY_S
 
@@ -118,7 +119,13 @@ def run(
         journal = stack.enter_context(Journal(config.data_dir / "journal.sqlite3"))
         board = stack.enter_context(closing(open_board(config.board_device, config.board_protocol)))
         server = stack.enter_context(
-            ServerClient(config.server_url, config.kiosk_id, key, server_ca=config.server_ca)
+            ServerClient(
+                config.server_url,
+                config.kiosk_id,
+                key,
+                server_ca=config.server_ca,
+                server_pin=config.server_pin,
+            )
         )
         signed = ConfigSync(server, config.data_dir, config.kiosk_id, server_key=config.server_key)
         signed.pin_on_first_use()
@@ -337,12 +344,18 @@ def check_files(config: KioskConfig) -> None:
     _read_certificate(config.ca_certificate)
     if config.server_ca is not None and not Path(config.server_ca).is_file():
         raise KioskConfigError(f"--server-ca: {config.server_ca} does not exist")
+    if config.server_pin:
+        try:
+            normalise_pin(config.server_pin)
+        except ServerTrustError as exc:
+            raise KioskConfigError(f"--server-pin: {exc}") from None
 
 
 RUN_ENVIRONMENT = """environment (each sets the option's default):
   ONECARD_KIOSK_ID           --kiosk-id (required: no default)
   ONECARD_SERVER_URL         --server
   ONECARD_SERVER_CA          --server-ca
+  ONECARD_SERVER_PIN         --server-pin
   ONECARD_KIOSK_DIR          --data-dir
   ONECARD_BOARD_DEVICE       --board
   ONECARD_BOARD_PROTOCOL     --board-protocol
@@ -387,6 +400,12 @@ def _parser() -> argparse.ArgumentParser:
         default=env("ONECARD_SERVER_CA"),
         help="the CA certificate (PEM) that signed the server's TLS certificate "
         "(default: the system's trust store)",
+    )
+    run_p.add_argument(
+        "--server-pin",
+        default=env("ONECARD_SERVER_PIN"),
+        help="optional: the SHA-256 (hex) of the server's TLS certificate, pinned on top of "
+        "the CA check (change it when the certificate is renewed)",
     )
     run_p.add_argument(
         "--data-dir",
@@ -488,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         else None,
         server_key=args.server_key,
         server_ca=args.server_ca,
+        server_pin=args.server_pin,
         heartbeat_every_s=args.heartbeat_every,
     )
     try:

@@ -12,8 +12,12 @@ ServerUnavailableError like a refused connection (and the kiosk may serve offlin
 server's own 503 (e.g. `card_ca_not_configured`) is its decision and stays ServerProblemError.
 
 HTTPS: the server is verified against `server_ca` (the CA file that signed the proxy's
-certificate; `--server-ca` / `ONECARD_SERVER_CA`), else against the system's trust store. A
-certificate that does not verify raises ServerTrustError at once (no retry, nothing sent).
+certificate; `--server-ca` / `ONECARD_SERVER_CA`), else against the system's trust store.
+Optionally `server_pin` (`--server-pin` / `ONECARD_SERVER_PIN`), the SHA-256 of the server's
+certificate, pins that one certificate on top of the CA check (the chain is still verified; the
+pin replaces the host name check, and must be changed when the certificate is renewed). A
+certificate that does not verify or match raises ServerTrustError at once (no retry, nothing
+sent).
 
 Every call carries an `X-Request-Id` (one per call, the same on its retries); the server logs it
 with the request, and the kiosk's log lines about a failed call name it, so one tap can be
@@ -34,6 +38,7 @@ from typing import Any
 
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from requests.adapters import HTTPAdapter
 
 from cardsvc import requestsig
 from kiosk.errors import ServerProblemError, ServerTrustError, ServerUnavailableError
@@ -81,6 +86,7 @@ class ServerClient:
         timeout: float = 5.0,
         retries: int = 2,
         server_ca: Path | None = None,
+        server_pin: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.kiosk_id = kiosk_id
@@ -95,6 +101,8 @@ class ServerClient:
             if not Path(server_ca).is_file():
                 raise ServerTrustError(f"the server CA file {server_ca} does not exist")
             self._verify = str(server_ca)
+        if server_pin:
+            self._http.mount("https://", PinnedAdapter(server_pin))
         # time.time() of the last answer the server gave (any answer: it was reachable).
         self.last_contact: float | None = None
 
@@ -231,6 +239,27 @@ class ServerClient:
         headers["Content-Type"] = "application/json"
         headers[REQUEST_ID_HEADER] = request_id
         return headers
+
+
+def normalise_pin(fingerprint: str) -> str:
+    """A certificate's SHA-256 as 64 lower-case hex digits (colons and case as given are
+    accepted); ServerTrustError for anything else."""
+    digits = fingerprint.replace(":", "").strip().lower()
+    if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+        raise ServerTrustError(f"the server pin must be a SHA-256 in hex, got {fingerprint!r}")
+    return digits
+
+
+class PinnedAdapter(HTTPAdapter):
+    """HTTPS whose server certificate must also have this SHA-256 (hex, colons allowed)."""
+
+    def __init__(self, fingerprint: str) -> None:
+        self._fingerprint = normalise_pin(fingerprint)
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["assert_fingerprint"] = self._fingerprint
+        super().init_poolmanager(*args, **kwargs)
 
 
 def new_request_id() -> str:

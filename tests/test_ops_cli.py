@@ -198,3 +198,23 @@ def test_readme_lists_every_environment_variable() -> None:
     mentioned -= {"ONECARD_CARD_CA_DER", "ONECARD_CLOCK"}  # test overrides, not settings
     readme = (ROOT / "README.md").read_text() + (ROOT / "server" / "README.md").read_text()
     assert sorted(v for v in mentioned if v not in readme) == []
+
+
+def test_kiosk_with_a_malformed_server_pin(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(CityCA().certificate.public_bytes(Encoding.PEM))
+    result = onecard(
+        "kiosk",
+        "run",
+        "--kiosk-id",
+        "K-1",
+        "--board",
+        "/dev/null",
+        "--ca-cert",
+        str(ca),
+        env={"ONECARD_SERVER_PIN": "ab:cd"},
+    )
+    assert result.returncode == 2
+    assert one_line_error(result).startswith("onecard kiosk: configuration: --server-pin:")

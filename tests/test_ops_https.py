@@ -8,6 +8,7 @@ passes through."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -18,6 +19,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 import kiosk.client
 from kiosk.client import ServerClient
@@ -154,3 +157,26 @@ def test_the_proxy_hides_metrics_limits_bodies_and_sends_hsts(
         redirect = http.get(running.http_url + "/api/v1/health", allow_redirects=False, timeout=10)
         assert redirect.status_code == 301
         assert redirect.headers["Location"].startswith("https://")
+
+
+def test_a_pinned_certificate_is_required_on_top_of_the_ca(
+    server_world: ServerWorld, proxy: tuple[Proxy, ProxyCA]
+) -> None:
+    running, pki = proxy
+    w = server_world
+    w.clock.follow_real_time()
+    certificate = x509.load_pem_x509_certificate(pki.cert_path.read_bytes())
+    pin = certificate.fingerprint(hashes.SHA256()).hex(":")
+    with ServerClient(
+        running.url, w.kiosk.id, w.kiosk.key, server_ca=pki.ca_path, server_pin=pin
+    ) as client:
+        assert client.authorize(w.kiosk.tap(w.card, w.clock), 1, secrets.token_hex(8)).approved
+    other_pin = hashlib.sha256(b"another certificate").hexdigest()
+    with (
+        ServerClient(
+            running.url, w.kiosk.id, w.kiosk.key, server_ca=pki.ca_path, server_pin=other_pin
+        ) as client,
+        pytest.raises(ServerTrustError, match="(?i)fingerprints did not match"),
+    ):
+        client.authorize(w.kiosk.tap(w.card, w.clock), 1, secrets.token_hex(8))
+    assert _count_authorizations(w) == 1  # the refused call never reached the server
