@@ -519,3 +519,43 @@ def test_a_region_file_with_problems_then_without(stage: Stage, browser: Any, lo
         (f"C01-T01-V{suffix}02", TOWN),
         (f"C01-T01-V{suffix}02-X", f"C01-T01-V{suffix}02"),
     ]
+
+
+def test_station_hours_and_capacity_are_data(stage: Stage, browser: Any) -> None:
+    today = dt.date.today()
+    saturday = today + dt.timedelta(days=(5 - today.weekday()) % 7 or 7)
+    with page_in(browser, "en-US") as page:
+        sign_in(page, stage, "admin-town")
+        page.goto(f"{stage.url}/admin/stations?station={STATION}")
+        assert_accessible(page)
+        # Bad input: closing before opening on Sunday; nothing is written.
+        page.check("#open-6")
+        page.fill("#opens-6", "12:00")
+        page.fill("#closes-6", "09:00")
+        page.click("#save-hours")
+        assert page.locator("#hours-6-error").is_visible()
+        assert rows(stage, "SELECT count(*) FROM station_hours WHERE weekday = 6")[0][0] == 0
+        stage.shot(page, "staff-station-hours-error")
+        page.uncheck("#open-6")
+        page.check("#open-5")
+        page.fill("#opens-5", "09:00")
+        page.fill("#closes-5", "12:00")
+        page.fill("#minutes-5", "60")
+        page.fill("#capacity-5", "2")
+        page.click("#save-hours")
+        assert page.locator(".flash.ok").is_visible()
+        assert rows(
+            stage,
+            "SELECT slot_minutes, capacity FROM station_hours WHERE station_id = ? AND weekday = 5",
+            STATION,
+        ) == [(60, 2)]
+        page.click("#toggle-station")
+        assert rows(stage, "SELECT enabled FROM kiosks WHERE id = ?", STATION) == [(0,)]
+        page.click("#toggle-station")
+        assert rows(stage, "SELECT enabled FROM kiosks WHERE id = ?", STATION) == [(1,)]
+    with page_in(browser, "en-US") as page:
+        sign_in(page, stage, "nurse-town")
+        page.goto(f"{stage.url}/nurse/appointments?station={STATION}&date={saturday}")
+        slots = page.locator("tr[data-slot]")
+        assert slots.count() == 3  # 09:00, 10:00, 11:00
+        assert all(t.endswith("2") for t in slots.all_inner_texts())

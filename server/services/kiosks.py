@@ -19,10 +19,11 @@ from sqlalchemy.orm import Session, joinedload
 
 from cardsvc import requestsig
 from cardsvc.requestsig import canonical_json
-from server.errors import InvalidRequest, NotFound, ServiceUnavailable, Unprocessable
+from server.errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable, Unprocessable
 from server.services.appointments import add_default_hours
 from server.services.context import Context
 from server.services.fleet import note_heartbeat
+from server.services.people import in_scope
 from server.store import audit
 from server.store.models import (
     Card,
@@ -33,6 +34,7 @@ from server.store.models import (
     KioskSlot,
     Product,
     Region,
+    StaffUser,
 )
 
 # --- kiosk configuration and telemetry -------------------------------------------------------------
@@ -246,3 +248,25 @@ def add_station(
     add_default_hours(session, station_id)
     session.commit()
     return station
+
+
+def set_device_enabled(
+    session: Session, ctx: Context, user: StaffUser, device_id: str, enabled: bool
+) -> Kiosk:
+    """Enable or disable a kiosk or station in the user's area (a disabled device's signed
+    requests are refused). Audited; no commit."""
+    device = session.get(Kiosk, device_id)
+    if device is None:
+        raise NotFound(f"no kiosk or station {device_id}", code="kiosk_unknown")
+    if not in_scope(session, user, device.region_id):
+        raise Forbidden("this device is outside your area", code="out_of_scope")
+    if device.enabled != enabled:
+        device.enabled = enabled
+        audit.append(
+            session,
+            at=ctx.now(),
+            actor=f"user:{user.id}",
+            action="device.enable" if enabled else "device.disable",
+            subject=f"{device.kind}:{device.id}",
+        )
+    return device

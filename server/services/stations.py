@@ -245,9 +245,13 @@ def desk_station(session: Session, user: StaffUser, station_id: str) -> Kiosk:
     return station
 
 
-def desk_stations(session: Session, user: StaffUser) -> list[str]:
-    """The ids of the enabled stations in the user's area."""
-    query = select(Kiosk.id).where(Kiosk.kind == "station", Kiosk.enabled.is_(True))
+def desk_stations(
+    session: Session, user: StaffUser, *, include_disabled: bool = False
+) -> list[str]:
+    """The ids of the enabled (or all) stations in the user's area."""
+    query = select(Kiosk.id).where(Kiosk.kind == "station")
+    if not include_disabled:
+        query = query.where(Kiosk.enabled.is_(True))
     if user.region_id is not None:
         query = query.where(Kiosk.region_id.in_(subtree_ids(session, user.region_id)))
     return list(session.scalars(query.order_by(Kiosk.id)))

@@ -6,6 +6,7 @@ entitlement rules of their area, and the region tree from a CSV file.
     GET/POST  /admin/users/<id>            role and area; reset the password; disable / enable
     GET/POST  /admin/rules                 the rules in force here, and a new one for this area
     GET/POST  /admin/regions               the region tree from a CSV file: preview, then write
+    GET/POST  /admin/stations              a station's opening hours and capacity; enable, disable
 
 Everything is checked again on the server (services.staff_auth, services.dispensing, services.regions): an
 administrator of one town can neither see nor touch a user, a rule or an area of another.
@@ -13,6 +14,7 @@ administrator of one town can neither see nor touch a user, a rule or an area of
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from flask import flash, redirect, render_template, request, url_for
@@ -33,13 +35,14 @@ from wtforms.validators import (
 
 from server import services
 from server.errors import ApiError
-from server.services import regions, staff_auth
+from server.services import appointments, kiosks, regions, staff_auth
+from server.services import stations as station_services
 from server.services.staff_auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from server.store.db import db
-from server.store.models import Category, Role
+from server.store.models import Category, Kiosk, Role
 from server.web.access import ctx, page_of, query_int, roles_required, staff_user
 from server.web.base import ROLE_LABELS, register_navigation, staff_blueprint
-from server.web.forms import REGION_CODE, ButtonForm, put_error, submitted
+from server.web.forms import REFUSALS, REGION_CODE, ButtonForm, put_error, submitted
 from server.web.i18n import _, _l
 
 admin = staff_blueprint("admin", __name__, url_prefix="/admin")
@@ -363,3 +366,92 @@ def regions_page() -> Response | str | tuple[str, int]:
     return render_template(
         "staff/regions.html", form=form, plan=checked, text=text, problem_words=REGION_PROBLEMS
     ), status
+
+
+# --- stations: opening hours, capacity, enabled ------------------------------------------------------
+
+register_navigation(_l("Stations"), "admin.stations", Role.ADMINISTRATOR)
+
+WEEKDAYS = [
+    _l("Monday"),
+    _l("Tuesday"),
+    _l("Wednesday"),
+    _l("Thursday"),
+    _l("Friday"),
+    _l("Saturday"),
+    _l("Sunday"),
+]
+
+
+@admin.route("/stations", methods=["GET", "POST"])
+@roles_required(Role.ADMINISTRATOR)
+def stations() -> Response | str | tuple[str, int]:
+    """Each station of the area: enabled or not, and its week of opening hours (slot length and
+    people per slot); saving a week replaces it (a day left without hours is closed)."""
+    session = db.session
+    me = staff_user()
+    ids = station_services.desk_stations(session, me, include_disabled=True)
+    chosen = request.values.get("station") or (ids[0] if ids else None)
+    status = 200
+    problems: dict[int, str] = {}
+    if request.method == "POST" and chosen in ids:
+        try:
+            if request.form.get("action") == "toggle":
+                device = session.get(Kiosk, chosen)
+                assert device is not None
+                kiosks.set_device_enabled(session, ctx(), me, chosen, not device.enabled)
+            else:
+                week, problems = _week_from(request.form)
+                if not problems:
+                    appointments.set_hours(session, ctx(), me, chosen, week)
+        except ApiError as exc:
+            session.rollback()
+            flash(str(REFUSALS.get(exc.code, exc.detail)), "bad")
+            status = 400
+        else:
+            if not problems:
+                session.commit()
+                flash(_("Saved."), "ok")
+                return redirect(url_for("admin.stations", station=chosen))
+            session.rollback()
+            status = 400
+    device = session.get(Kiosk, chosen) if chosen else None
+    week = appointments.week_hours(session, chosen) if chosen else {}
+    session.rollback()
+    return render_template(
+        "staff/stations.html",
+        ids=ids,
+        station=device,
+        week=week,
+        weekdays=WEEKDAYS,
+        form=request.form if status == 400 else None,
+        problems=problems,
+    ), status
+
+
+def _week_from(form: Any) -> tuple[dict[int, appointments.DayHours | None], dict[int, str]]:
+    week: dict[int, appointments.DayHours | None] = {}
+    problems: dict[int, str] = {}
+    for day in range(7):
+        if form.get(f"open-{day}") != "1":
+            week[day] = None
+            continue
+        try:
+            hours = appointments.DayHours(
+                dt.time.fromisoformat(form.get(f"opens-{day}", "")),
+                dt.time.fromisoformat(form.get(f"closes-{day}", "")),
+                int(form.get(f"minutes-{day}", "")),
+                int(form.get(f"capacity-{day}", "")),
+            )
+        except ValueError:
+            problems[day] = _("Give the opening and closing times, minutes and people as numbers.")
+            continue
+        if not (
+            hours.opens < hours.closes
+            and 5 <= hours.slot_minutes <= appointments.MAX_SLOT_MINUTES
+            and 1 <= hours.capacity <= appointments.MAX_CAPACITY
+        ):
+            problems[day] = _("Opening before closing, slots of 5 to 240 minutes, 1 to 100 people.")
+            continue
+        week[day] = hours
+    return week, problems
