@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Test-only JavaScript (axe-core, pinned in package.json / package-lock.json).
+JS     := node_modules/.installed
 
 .PHONY: demo test bench lint system-deps venv clean
 
@@ -20,10 +22,14 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 
 venv: $(STAMP)
 
+$(JS): package.json package-lock.json $(STAMP)
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/onecard demo
 
-test: $(STAMP)
+test: $(STAMP) $(JS)
 	$(BIN)/python -m pytest
 
 # The benchmarks run the server in development mode (their keys are throwaway), also on PostgreSQL.
@@ -34,4 +40,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) var build *.egg-info node_modules
