@@ -88,6 +88,7 @@ def run(label: str, url: str, data_dir: Path, residents: int, runs: int) -> None
             "ONECARD_DATABASE_URL": url,
             "ONECARD_DATA_DIR": str(data_dir),
             "ONECARD_FIELD_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+            "ONECARD_PRODUCTION": "0",  # development keys, also on PostgreSQL
         }
     )
     try:
