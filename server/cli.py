@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIGURATION
     except DBAPIError as exc:
         url = _redact(database_url_of(settings_reader({})))
-        print(f"onecard server: database {url}: {_first_line(exc)}", file=sys.stderr)
+        print(f"onecard server: database {url}: {health.database_error_line(exc)}", file=sys.stderr)
         return EXIT_DATABASE
     except backups.BackupError as exc:
         print(f"onecard server: {args.command}: {exc}", file=sys.stderr)
@@ -502,11 +502,6 @@ def _slots(specs: Sequence[str]) -> dict[int, str]:
             raise SystemExit(f"onecard server add-kiosk: --slot wants N=SKU, got {spec!r}")
         slots[int(number)] = sku.strip()
     return slots
-
-
-def _first_line(exc: DBAPIError) -> str:
-    lines = str(exc.orig).strip().splitlines() if exc.orig is not None else []
-    return lines[0] if lines else type(exc).__name__
 
 
 def _redact(url: str) -> str:

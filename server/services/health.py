@@ -55,7 +55,7 @@ def check(session: Session) -> list[Part]:
     except SQLAlchemyError as exc:
         session.rollback()
         return [
-            Part("database", DOWN, _first_line(exc)),
+            Part("database", DOWN, database_error_line(exc)),
             Part("schema", NOT_CHECKED),
         ]
     database = Part("database", OK)
@@ -93,7 +93,7 @@ def report(session: Session) -> dict[str, Any]:
     return {"status": OK, "parts": doc}
 
 
-def _first_line(exc: BaseException) -> str:
+def database_error_line(exc: BaseException) -> str:
     """A driver error's first line, without SQLAlchemy's appended SQL and background link."""
     original = getattr(exc, "orig", None) or exc
     lines = str(original).strip().splitlines()
