@@ -139,14 +139,24 @@ def run(app: Any, args: argparse.Namespace, residents: int, dispenses: int, exam
 
         timed("fleet read (services.fleet)", args.runs, read_fleet)
 
-        def evaluate() -> str:
-            summary, _ = alerts.evaluate_fleet(session, ctx)
-            session.rollback()
-            return f"{summary.findings} findings, {summary.opened} alerts would open"
-
-        timed("alert rules over the fleet (read + evaluate + reconcile)", args.runs, evaluate)
+        began = time.perf_counter()
         summary, _ = alerts.evaluate_fleet(session, ctx)
         session.commit()  # the alerts open, as in production, for the page and the scrape
+        print(
+            f"  alert rules, first run over the fleet (opens every alert): "
+            f"{(time.perf_counter() - began) * 1000:.0f} ms ({summary.opened} alerts opened)"
+        )
+
+        def evaluate() -> str:
+            again, _ = alerts.evaluate_fleet(session, ctx)
+            session.rollback()
+            return f"{again.findings} findings, {again.opened} new"
+
+        timed(
+            "alert rules over the fleet, steady state (read + evaluate + reconcile)",
+            args.runs,
+            evaluate,
+        )
 
     client = app.test_client()
     page = client.get("/sign-in").get_data(as_text=True)

@@ -194,55 +194,70 @@ def _weights(size: int) -> np.ndarray:
     return weights
 
 
-def _protect(values: np.ndarray, hidden: np.ndarray, cell: Cell, threshold: int) -> bool:
-    """Hide the cheapest rectangle through `cell` that keeps it at least `threshold` wide.
+class _Rectangles:
+    """Finds and hides the cheapest wide-enough rectangle through a cell (`protect`).
 
-    For rows a, b and columns c, d of the extended table ((a, c) being `cell`), adding t to
-    (a, c), -wc*wd*t to (a, d), -wa*wb*t to (b, c) and wa*wb*wc*wd*t to (b, d) keeps every
-    row and column sum (w: +1 inner line, -1 totals line). With those four cells hidden an
-    attacker cannot tell the true table from the one moved by any t that keeps the four
-    non-negative: a range as wide as (smallest corner moving down when t > 0) + (smallest
-    corner moving down when t < 0). Hiding more cells only widens it. False when no rectangle
-    is wide enough.
+    For rows a, b and columns c, d of the extended table ((a, c) being the cell), adding t to
+    (a, c), -wc*wd*t to (a, d), -wa*wb*t to (b, c) and wa*wb*wc*wd*t to (b, d) keeps every row
+    and column sum (w: +1 inner line, -1 totals line). With those four cells hidden an attacker
+    cannot tell the true table from the one moved by any t that keeps the four non-negative: a
+    range as wide as (smallest corner moving down when t > 0) + (smallest corner moving down
+    when t < 0, the cell itself among them). Hiding more cells only widens it.
+
+    The signs depend only on whether a and c are totals lines, so the (b, d) corner's limits
+    are computed once per such kind; each cell then costs a few whole-table array operations.
     """
-    a, c = cell
-    rows, columns = values.shape
-    wr, wc = _weights(rows - 1), _weights(columns - 1)
-    sign_ad = -wc[c] * wc  # per column d
-    sign_bc = -wr[a] * wr  # per row b
-    sign_bd = np.outer(sign_bc, sign_ad)
 
-    def limit(sign: np.ndarray, value: np.ndarray, moving_down: float) -> np.ndarray:
-        return np.where(sign * moving_down > 0, value, ROOMY)
+    def __init__(self, values: np.ndarray, hidden: np.ndarray, threshold: int) -> None:
+        self.values, self.hidden, self.threshold = values, hidden, threshold
+        rows, columns = values.shape
+        self.wr, self.wc = _weights(rows - 1), _weights(columns - 1)
+        margin = np.zeros_like(values)
+        margin[rows - 1, :] = 1.0
+        margin[:, columns - 1] = 1.0
+        self.cost_of = np.where(hidden, 0.0, values + CELL_COST + MARGIN_COST * margin)
+        self._limits: dict[tuple[float, float], tuple[np.ndarray, ...]] = {}
 
-    # t > 0 is limited by the corners with a negative coefficient, t < 0 by the positive ones
-    # (the cell itself among them).
-    room_up = np.minimum(
-        np.minimum(
-            limit(sign_ad, values[a, :], -1.0)[None, :], limit(sign_bc, values[:, c], -1.0)[:, None]
-        ),
-        limit(sign_bd, values, -1.0),
-    )
-    room_down = np.minimum(
-        np.minimum(
-            limit(sign_ad, values[a, :], 1.0)[None, :], limit(sign_bc, values[:, c], 1.0)[:, None]
-        ),
-        np.minimum(limit(sign_bd, values, 1.0), values[a, c]),
-    )
-    wide = (room_up + room_down) >= threshold
-    wide[a, :] = False
-    wide[:, c] = False
-    if not wide.any():
-        return False
-    margin = np.zeros_like(values)
-    margin[rows - 1, :] = 1.0
-    margin[:, columns - 1] = 1.0
-    cost_of = np.where(hidden, 0.0, values + CELL_COST + MARGIN_COST * margin)
-    cost = np.where(wide, cost_of[a, :][None, :] + cost_of[:, c][:, None] + cost_of, np.inf)
-    b, d = (int(k) for k in np.unravel_index(int(np.argmin(cost)), cost.shape))
-    for corner in ((a, d), (b, c), (b, d)):
-        hidden[corner] = True
-    return True
+    def _kind(self, a: int, c: int) -> tuple[np.ndarray, ...]:
+        key = (self.wr[a], self.wc[c])
+        if key not in self._limits:
+            sign_ad = -self.wc[c] * self.wc  # per column d
+            sign_bc = -self.wr[a] * self.wr  # per row b
+            sign_bd = np.outer(sign_bc, sign_ad)
+            self._limits[key] = (
+                sign_ad,
+                sign_bc,
+                np.where(sign_bd < 0, self.values, ROOMY),  # limits t > 0
+                np.where(sign_bd > 0, self.values, ROOMY),  # limits t < 0
+            )
+        return self._limits[key]
+
+    def protect(self, cell: Cell) -> bool:
+        """Hide the cheapest rectangle through `cell`; False when none is wide enough."""
+        a, c = cell
+        values = self.values
+        sign_ad, sign_bc, bd_up, bd_down = self._kind(a, c)
+        row_a, col_c = values[a, :], values[:, c]
+        room_up = np.minimum(
+            np.minimum(bd_up, np.where(sign_ad < 0, row_a, ROOMY)[None, :]),
+            np.where(sign_bc < 0, col_c, ROOMY)[:, None],
+        )
+        room_down = np.minimum(
+            np.minimum(bd_down, np.where(sign_ad > 0, row_a, ROOMY)[None, :]),
+            np.minimum(np.where(sign_bc > 0, col_c, ROOMY), values[a, c])[:, None],
+        )
+        wide = (room_up + room_down) >= self.threshold
+        wide[a, :] = False
+        wide[:, c] = False
+        if not wide.any():
+            return False
+        cost_of = self.cost_of
+        cost = np.where(wide, cost_of + cost_of[a, :][None, :] + cost_of[:, c][:, None], np.inf)
+        b, d = (int(k) for k in np.unravel_index(int(np.argmin(cost)), cost.shape))
+        for corner in ((a, c), (a, d), (b, c), (b, d)):
+            self.hidden[corner] = True
+            cost_of[corner] = 0.0
+        return True
 
 
 def suppress(
@@ -257,9 +272,10 @@ def suppress(
     hidden = np.zeros(values.shape, dtype=bool)
     for cell in primary:
         hidden[cell] = True
+    rectangles = _Rectangles(values, hidden, threshold)
     # The smallest first: their rectangles are the hardest to find.
     for cell in sorted(primary, key=lambda c: (extended[c[0]][c[1]], c)):
-        if not _protect(values, hidden, cell, threshold):
+        if not rectangles.protect(cell):
             hidden[:, :] = True  # no rectangle is wide enough: nothing can be published
             break
     hidden_cells = {c for c in every if hidden[c]}

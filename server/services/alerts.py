@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from server.domain.alerts import (
@@ -46,6 +46,7 @@ from server.store.models import (
 )
 
 MAX_ATTEMPTS = 5
+BATCH = 1_000
 QUIET_LOOKBACK = dt.timedelta(days=2)  # cleared alerts older than any quiet period are ignored
 
 
@@ -144,12 +145,17 @@ def evaluate_fleet(
     in_force = rules(session)
     rows = fleet(session, ctx, in_force)
     findings = [f for row in rows for f in evaluate(row.state, in_force, now)]
+    conn = session.connection()  # Core rows: thousands of alerts at a time
     open_alerts = {
-        (a.kiosk_id, a.kind, a.subject): a
-        for a in session.scalars(select(Alert).where(Alert.cleared_at.is_(None)))
+        (kiosk_id, kind, subject): alert_id
+        for alert_id, kiosk_id, kind, subject in conn.execute(
+            select(Alert.id, Alert.kiosk_id, Alert.kind, Alert.subject).where(
+                Alert.cleared_at.is_(None)
+            )
+        )
     }
     cleared_at: dict[tuple[str, str, str], dt.datetime] = {}
-    for kiosk_id, kind, subject, when in session.execute(
+    for kiosk_id, kind, subject, when in conn.execute(
         select(Alert.kiosk_id, Alert.kind, Alert.subject, Alert.cleared_at).where(
             Alert.cleared_at >= now - QUIET_LOOKBACK
         )
@@ -159,47 +165,61 @@ def evaluate_fleet(
         if key not in cleared_at or when > cleared_at[key]:
             cleared_at[key] = when
     changes = reconcile(findings, open_alerts, cleared_at, in_force, now)
-    for key in changes.cleared:
-        open_alerts[key].cleared_at = now
+    gone = [open_alerts[key] for key in changes.cleared]
+    for begin in range(0, len(gone), BATCH):
+        conn.execute(
+            update(Alert).where(Alert.id.in_(gone[begin : begin + BATCH])).values(cleared_at=now)
+        )
+    opened: list[tuple[int, str]] = []
+    if changes.opened:
+        opened = [
+            (alert_id, kiosk_id)
+            for alert_id, kiosk_id in conn.execute(
+                insert(Alert).returning(Alert.id, Alert.kiosk_id, sort_by_parameter_order=True),
+                [
+                    {
+                        "kiosk_id": f.kiosk_id,
+                        "kind": f.kind.value,
+                        "subject": f.subject,
+                        "detail": json.dumps(dict(f.detail), sort_keys=True),
+                        "opened_at": now,
+                    }
+                    for f in changes.opened
+                ],
+            )
+        ]
     channels = notifier.channels if notifier is not None else ("email", "webhook")
     responsible = _responsible(session)
-    for finding in changes.opened:
-        alert = Alert(
-            kiosk_id=finding.kiosk_id,
-            kind=finding.kind.value,
-            subject=finding.subject,
-            detail=json.dumps(dict(finding.detail), sort_keys=True),
-            opened_at=now,
+    deliveries = []
+    for alert_id, kiosk_id in opened:
+        for contact_name, email, phone in responsible.get(kiosk_id, []):
+            if "email" in channels and email:
+                deliveries.append((alert_id, "email", email))
+            if "webhook" in channels and phone:
+                deliveries.append((alert_id, "webhook", f"{contact_name}:{phone}"))
+    if deliveries:
+        conn.execute(
+            insert(AlertDelivery),
+            [
+                {"alert_id": a, "channel": c, "recipient": r, "status": "pending", "attempts": 0}
+                for a, c, r in deliveries
+            ],
         )
-        session.add(alert)
-        session.flush()
-        for contact_name, contact in responsible.get(finding.kiosk_id, []):
-            if "email" in channels and contact.email:
-                _queue(session, alert.id, "email", contact.email)
-            if "webhook" in channels and contact.phone:
-                _queue(session, alert.id, "webhook", f"{contact_name}:{contact.phone}")
     summary = RunSummary(len(rows), len(findings), len(changes.opened), len(changes.cleared), 0, 0)
     return summary, rows
 
 
-def _responsible(session: Session) -> dict[str, list[tuple[str, AlertContact]]]:
-    found: dict[str, list[tuple[str, AlertContact]]] = {}
-    for kiosk_id, name, contact in session.execute(
-        select(KioskResponsible.kiosk_id, StaffUser.name, AlertContact)
+def _responsible(session: Session) -> dict[str, list[tuple[str, str | None, str | None]]]:
+    """Per kiosk: (staff name, e-mail, phone) of each active responsible with a contact."""
+    found: dict[str, list[tuple[str, str | None, str | None]]] = {}
+    for kiosk_id, name, email, phone in session.execute(
+        select(KioskResponsible.kiosk_id, StaffUser.name, AlertContact.email, AlertContact.phone)
         .join(StaffUser, StaffUser.id == KioskResponsible.staff_user_id)
         .join(AlertContact, AlertContact.staff_user_id == StaffUser.id)
         .where(StaffUser.active.is_(True))
     ):
-        found.setdefault(kiosk_id, []).append((name, contact))
+        found.setdefault(kiosk_id, []).append((name, email, phone))
     return found
-
-
-def _queue(session: Session, alert_id: int, channel: str, recipient: str) -> None:
-    session.add(
-        AlertDelivery(
-            alert_id=alert_id, channel=channel, recipient=recipient, status="pending", attempts=0
-        )
-    )
 
 
 def message(alert: Alert, kiosk_place: str) -> tuple[str, str, dict[str, Any]]:

@@ -22,7 +22,7 @@ from werkzeug.wrappers import Response
 from server.services import alerts, fleet
 from server.store.db import db
 from server.store.models import Role
-from server.web.access import ctx, roles_required, staff_user
+from server.web.access import ctx, query_int, roles_required, staff_user
 from server.web.base import register_navigation, staff_blueprint
 from server.web.charts import MapPoint, fleet_map
 from server.web.fleet_words import t, tl
@@ -42,6 +42,20 @@ KIND_WORDS = {
     "no_dispense": tl("no dispense"),
     "reservation_open": tl("reservation open"),
 }
+
+
+PAGE_ROWS = 200
+ALERTS_SHOWN = 50
+
+
+def _needs_attention(row: fleet.FleetRow) -> bool:
+    s = row.state
+    return (
+        row.connection.value != "online"
+        or bool(s.faults)
+        or bool(s.door_open)
+        or any(slot.needs_restock for slot in row.slots)
+    )
 
 
 class ActionForm(FlaskForm):  # type: ignore[misc]
@@ -64,8 +78,12 @@ def overview() -> str:
     now = ctx().now()
     in_force = alerts.rules(db.session)
     rows = fleet.fleet(db.session, ctx(), in_force, user=user)
-    open_alerts = alerts.history(db.session, user, open_only=True)
+    open_alerts = alerts.history(db.session, user, open_only=True, limit=ALERTS_SHOWN + 1)
     db.session.rollback()
+    # What needs someone first; the table is paged, the counts and the map cover everything.
+    rows.sort(key=lambda row: (not _needs_attention(row), row.town_code, row.kiosk_id))
+    pages = max(1, -(-len(rows) // PAGE_ROWS))
+    page = min(max(1, query_int("page", 1)), pages)
     counts = Counter(row.connection.value for row in rows)
     points = [
         MapPoint(
@@ -90,9 +108,13 @@ def overview() -> str:
     )
     return render_template(
         "staff/fleet.html",
-        rows=rows,
+        rows=rows[(page - 1) * PAGE_ROWS : page * PAGE_ROWS],
+        total=len(rows),
+        page=page,
+        pages=pages,
+        more_alerts=len(open_alerts) > ALERTS_SHOWN,
         counts=counts,
-        open_alerts=open_alerts,
+        open_alerts=open_alerts[:ALERTS_SHOWN],
         drawing=drawing,
         unplaced=unplaced,
         now=now,
