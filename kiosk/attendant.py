@@ -116,6 +116,7 @@ class Attendant:
         self.report = report
         self.result_min_s = result_min_s
         self.stop = stop or threading.Event()
+        self._seen_ms = 0
 
     # ----------------------------------------------------------------- the idle screen
 
@@ -127,12 +128,13 @@ class Attendant:
              "in_stock": stock.get(n, 1) > 0}
             for n, s in sorted(slots.items())
         ]  # fmt: skip
-        if (
-            self.session.screen is not Screen.IDLE
-            or notice
-            or offers != self.session.snapshot().view.get("offers")
-        ):
-            self.session.go(Screen.IDLE, offers=offers, **notice)
+        view = self.session.snapshot().view
+        if self.session.screen is Screen.IDLE and not notice:
+            if offers == view.get("offers"):
+                return
+            # New offers (configuration, stock): a recovery notice stays until the next card.
+            notice = {k: view[k] for k in ("recovered", "still_open") if k in view}
+        self.session.go(Screen.IDLE, offers=offers, **notice)
 
     def recovering(self, recover: Callable[[], list[Any]]) -> None:
         """Settle what a crash left open, saying so on the screen."""
@@ -157,7 +159,8 @@ class Attendant:
 
     def _serve(self, connection: Any) -> bool:
         s = self.session
-        s.go(Screen.CHECKING, step="read card")
+        self._seen_ms = int(time.time() * 1000)  # the card seen: the screen's latency starts here
+        s.go(Screen.CHECKING, step="read card", seen_ms=self._seen_ms)
         checked = self.kiosk.check_card(connection, on_step=lambda n: s.update(step=n))
         if isinstance(checked, TapResult):
             self.report(checked)
@@ -192,6 +195,7 @@ class Attendant:
                 categories=[_category_view(c) for c in menu(slots, self.stock.get(), entitled, exclude=frozenset(exclude))],
                 offline=entitled.source is Source.OFFLINE,
                 notice=notice,
+                seen_ms=self._seen_ms,
             )  # fmt: skip
             action = self._wait_for_choice(slots)
             if action == "removed":

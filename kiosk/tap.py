@@ -164,6 +164,7 @@ class CheckedCard:
     proof: dict[str, Any]
     certificate_der: bytes = field(repr=False)
     piv: PivSession = field(repr=False)
+    steps: list[Step] = field(default_factory=list)  # read, prove, verify, entitlements
 
     @property
     def guid_hex(self) -> str:
@@ -274,7 +275,12 @@ class Kiosk:
             result.card_guid = guid_hex
             return result
         return CheckedCard(
-            card.guid, verified.role, challenge.to_json(signature), card.certificate_der, piv
+            card.guid,
+            verified.role,
+            challenge.to_json(signature),
+            card.certificate_der,
+            piv,
+            timer.steps,
         )
 
     def _prove(self, piv: PivSession, guid: bytes, timer: _Timer) -> tuple[TapChallenge, bytes]:
@@ -291,7 +297,9 @@ class Kiosk:
     def entitlements(self, card: CheckedCard, timer: _Timer | None = None) -> Entitlements:
         """What this card may take here now, per category: the server's answer; the signed
         offline policy's when the server cannot be reached (kiosk.offline)."""
-        timer = timer or _Timer()
+        if timer is None:
+            timer = _Timer()
+            timer.steps = card.steps  # the tap's steps so far: the log shows them all
         try:
             with timer.step("entitlements", "what this card may take here now"):
                 answer = self.server.entitlements(card.proof, str(uuid.uuid4()))
@@ -335,6 +343,7 @@ class Kiosk:
             result = self._transact(challenge.to_json(signature), slot, timer)
             result.card_guid = card.guid_hex
             result.slot = slot
+            result.steps = [*card.steps, *result.steps]
             return result
         finally:
             self.serving.clear()

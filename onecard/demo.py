@@ -2,9 +2,11 @@
 
 It starts every part for real (onecard.platform): the server over HTTP with SQLite, a simulated
 controller board on a pseudo-terminal, pcscd and a virtual card on its vpcd driver; issues the
-resident's card through pcscd; then runs the kiosk core in this process, tapping the card
-(inserting and removing it at the virtual reader) until the monthly allowance is used up and the
-refusal is shown. Every step is printed with its time in milliseconds.
+resident's card through pcscd; then runs the kiosk core with its touch screen in this process
+(the page's address is printed: open it in a browser to watch), tapping the card (inserting and
+removing it at the virtual reader) and choosing on the screen as a resident would, until the
+monthly allowance is used up and the choice screen says so with the next date. Every step is
+printed with its time in milliseconds.
 
 Without --once it then stays up, saying where each part listens, until Ctrl-C. Everything it
 started is stopped on the way out, whatever happened.
@@ -18,13 +20,18 @@ import signal
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
 from cardsvc.errors import CardError
-from kiosk.app import format_result, serve
+from kiosk.app import ScreenKiosk, format_result, open_screen, serve
+from kiosk.config_sync import ConfigSync
+from kiosk.screen.render import NONE_LEFT
+from kiosk.screen.words import phrase
+from kiosk.session import Screen
 from kiosk.tap import TapOutcome, TapResult
 from onecard.platform import (
     KIOSK_ID,
@@ -39,6 +46,8 @@ from onecard.platform import (
 from onecard.procs import ChildError
 
 MAX_VISITS = 12
+RESULT_SHOWN_S = 1.5  # how long the demo's result screens stay after the card has left
+SCREEN_WAIT_S = 30.0
 
 
 class DemoFailed(RuntimeError):
@@ -55,19 +64,55 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(data_dir: Path, once: bool) -> Walk:
+def run_demo(data_dir: Path, once: bool, screen_port: int = 0) -> Walk:
     if data_dir.exists():
         shutil.rmtree(data_dir)
     say(f"OneCard demo: data in {data_dir}/ (SQLite, a virtual card, a simulated board)")
-    with start_platform(data_dir, say=say) as platform:
-        walk = _walk(platform)
-        if not once:
-            _stay_up(platform)
+    with start_platform(data_dir, say=say) as platform, ExitStack() as stack:
+        stop = threading.Event()
+        results: list[TapResult] = []
+        screen = _open_screen(stack, platform, stop, results, screen_port)
+        say(f"  kiosk screen {screen.screen.url}  (open it in a browser to watch the taps)")
+        loop = threading.Thread(
+            target=serve,
+            args=(platform.kiosk, platform.reader, 0, stop, results.append),
+            kwargs={"say": lambda text: None, "attendant": screen.attendant},
+            daemon=True,
+        )
+        loop.start()
+        try:
+            walk = _walk(platform, screen, results)
+            if not once:
+                _stay_up(platform, screen, results, stop)
+        finally:
+            stop.set()
+            loop.join(10)
         return walk
 
 
-def _stay_up(p: Platform) -> None:
-    stop = threading.Event()
+def _open_screen(
+    stack: ExitStack, p: Platform, stop: threading.Event, results: list[TapResult], port: int
+) -> ScreenKiosk:
+    """The kiosk's screen around the platform's kiosk core, as `onecard kiosk run` builds it."""
+    signed = ConfigSync(p.client, p.device_key_dir, KIOSK_ID)
+    signed.refresh()
+    return open_screen(
+        stack,
+        p.kiosk,
+        p.board,
+        p.client,
+        p.reader,
+        lambda: signed.current.slots if signed.current is not None else {},
+        port=port,
+        stop=stop,
+        report=results.append,
+        result_min_s=RESULT_SHOWN_S,
+    )
+
+
+def _stay_up(
+    p: Platform, screen: ScreenKiosk, results: list[TapResult], stop: threading.Event
+) -> None:
     # Set both before saying "Press Ctrl-C", so a Ctrl-C right after it is already handled;
     # SIGINT explicitly too, since a demo started in the background inherits it ignored.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -78,45 +123,80 @@ def _stay_up(p: Platform) -> None:
     say(f"  board        {p.board_device}  (simulator pid {p.board_sim.pid})")
     say(f"  card         vpcd 127.0.0.1:{VPCD_PORT}, reader {READER!r}")
     say(f"  tap the card printf 'insert\\n' | nc 127.0.0.1 {p.card_control_port}   (then 'remove')")
-    say("  kiosk        serving taps in this process")
+    say(f"  kiosk        serving taps in this process; its screen: {screen.screen.url}")
     say("Press Ctrl-C to stop everything.")
-    loop = threading.Thread(
-        target=serve,
-        args=(p.kiosk, p.reader, SLOT, stop, lambda r: say(format_result(r))),
-        daemon=True,
-    )
-    loop.start()
+    shown = len(results)
     while not stop.is_set():
         stop.wait(0.5)
+        for result in results[shown:]:
+            say(format_result(result))
+        shown = len(results)
     say("\nstopping everything the demo started ...")
-    loop.join(5)
 
 
-def _walk(p: Platform) -> Walk:
-    kiosk, card, reader = p.kiosk, p.card, p.reader
+def _wait_for(screen: ScreenKiosk, *screens: Screen) -> Screen:
+    deadline = time.monotonic() + SCREEN_WAIT_S
+    while (now := screen.session.screen) not in screens:
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"the screen stayed on {now}, expected {', '.join(screens)}")
+        time.sleep(0.01)
+    return now
+
+
+def _walk(p: Platform, screen: ScreenKiosk, results: list[TapResult]) -> Walk:
+    """Each visit: the card on the reader, the resident chooses slot SLOT on the screen (as a
+    touch on the page would), takes the item and the card; the last visit finds none left."""
     walk = Walk(limit=p.seed.limit)
     for visit in range(1, MAX_VISITS + 1):
         say("")
         say(f"Visit {visit}: the resident taps the card at kiosk {KIOSK_ID}")
         start = time.perf_counter()
-        card.insert()
-        connection = reader.wait_for_card(timeout=10)
-        if connection is None:
-            raise DemoFailed("the kiosk's reader did not see the card")
+        served = len(results)
+        p.card.insert()
+        _wait_for(screen, Screen.CHECKING, Screen.CHOOSING, Screen.REFUSED, Screen.FAULT)
         detected = (time.perf_counter() - start) * 1000
         say(
-            f"  {'card detected':<15} {detected:8.1f} ms  inserted at the virtual reader, seen by pcscd"
+            f"  {'card detected':<15} {detected:8.1f} ms  inserted at the virtual reader, seen by the kiosk"
         )
-        with connection:
-            result = kiosk.serve_card(connection, SLOT)
-        card.remove()
-        reader.wait_for_removal(timeout=10)
+        shown = _wait_for(screen, Screen.CHOOSING, Screen.REFUSED, Screen.FAULT)
+        on_screen = (time.perf_counter() - start) * 1000
+        say(
+            f"  {'choice on screen':<15} {on_screen:8.1f} ms  card to the choice, as the screen shows it"
+        )
+        result = _visit(screen, shown, results, served)
+        p.card.remove()
+        _wait_for(screen, Screen.IDLE)
         say(format_result(result))
         say(f"  {'total':<15} {result.total_ms + detected:8.1f} ms")
         walk.results.append(result)
         if result.outcome is not TapOutcome.DISPENSED:
             break
     return walk
+
+
+def _visit(screen: ScreenKiosk, shown: Screen, results: list[TapResult], served: int) -> TapResult:
+    session = screen.session
+    if shown is Screen.CHOOSING:
+        categories = session.snapshot().view["categories"]
+        offer = next((o for c in categories for o in c["offers"] if o["slot"] == SLOT), None)
+        category = next((c for c in categories if offer in c["offers"]), None)
+        if offer is None or category is None:
+            raise DemoFailed(f"slot {SLOT} is not offered on the screen")
+        if not offer["may_take"]:
+            # The screen says none is left and when more is allowed: the resident goes.
+            session.post({"action": "cancel"})
+            return TapResult(
+                TapOutcome.REFUSED,
+                [phrase(NONE_LEFT, date=category["next_allowed_on"])],
+                reason=category["reason"],
+                remaining={category["category"]: category["left"]},
+                next_allowed_on=category["next_allowed_on"],
+            )
+        session.post({"action": "choose", "slot": SLOT})
+        _wait_for(screen, Screen.TAKE_ITEM, Screen.REFUSED, Screen.FAULT, Screen.REMOVE_CARD)
+    if len(results) <= served:
+        raise DemoFailed(f"the kiosk served no transaction; the screen shows {session.screen}")
+    return results[-1]
 
 
 def check(walk: Walk) -> None:
@@ -144,9 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-dir", type=Path, default=Path("var/demo"), help="where the demo keeps its files"
     )
+    parser.add_argument(
+        "--screen-port",
+        type=int,
+        default=0,
+        help="the kiosk screen's port on 127.0.0.1 (default: any free port; the address is printed)",
+    )
     args = parser.parse_args(argv)
     try:
-        walk = run_demo(args.data_dir, args.once)
+        walk = run_demo(args.data_dir, args.once, args.screen_port)
         check(walk)
     except (
         DemoFailed,

@@ -155,6 +155,9 @@ def render(snapshot: Snapshot, words: Words) -> dict[str, Any]:
         "timer": None,
         "ui": {k: t(v) for k, v in UI.items() if "{" not in v},
         "maintenance": None,
+        "seen_ms": view.get(
+            "seen_ms"
+        ),  # when the kiosk saw the card (Unix ms): the benchmark's start
     }
     if snapshot.seconds_left is not None and snapshot.extendable:
         doc["timer"] = {

@@ -151,6 +151,7 @@
     document.body.dataset.screen = doc.screen;
     document.body.dataset.lang = doc.lang;
     document.body.dataset.seq = String(doc.seq);
+    if (doc.seen_ms) document.body.dataset.seenMs = String(doc.seen_ms);
     if (doc.reason) document.body.dataset.reason = doc.reason;
     else delete document.body.dataset.reason;
     $("title").textContent = doc.title;
