@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from server import services
 from server.app import context_of, create_app
 from server.config import SECRETS, ConfigError, ServerConfig, database_url_of, settings_reader
+from server.domain.alerts import AlertKind
 from server.domain.dhis2 import Dhis2Mapping
 from server.errors import ApiError
 from server.http.requestlog import configure_logging
@@ -169,6 +170,14 @@ def _parser() -> argparse.ArgumentParser:
     locate.add_argument("--kiosk", required=True, help="the kiosk's id")
     locate.add_argument("--lat", type=float, required=True, help="latitude, degrees")
     locate.add_argument("--lon", type=float, required=True, help="longitude, degrees")
+    rule = alert_commands.add_parser("rule", help="change a rule (its other values are kept)")
+    rule.add_argument("--kind", required=True, choices=[k.value for k in AlertKind])
+    rule.add_argument("--threshold", type=float, help="minutes, or hours for no_dispense")
+    rule.add_argument("--low", type=float, help="temperature only")
+    rule.add_argument("--high", type=float, help="temperature only")
+    rule.add_argument("--quiet-minutes", type=int)
+    rule.add_argument("--enabled", choices=["yes", "no"])
+    alert_commands.add_parser("rules", help="print the rules in force as JSON")
     levels = alert_commands.add_parser("levels", help="a slot's restock minimum and capacity")
     levels.add_argument("--kiosk", required=True, help="the kiosk's id")
     levels.add_argument("--slot", type=int, required=True, help="the slot number")
@@ -351,7 +360,25 @@ def _alerts(session: Session, ctx: services.Context, args: argparse.Namespace) -
         summary = alerts.run_once(session, ctx, notifier)
         print(json.dumps(summary.to_json()))
         return 0 if summary.failed == 0 else EXIT_FAILED
-    if command == "assign":
+    if command == "rules":
+        print(json.dumps([dataclasses.asdict(r) for r in alerts.rules(session)]))
+        return 0
+    if command == "rule":
+        current = next(r for r in alerts.rules(session) if r.kind.value == args.kind)
+        changes = {
+            "threshold": args.threshold,
+            "low": args.low,
+            "high": args.high,
+            "quiet_minutes": args.quiet_minutes,
+            "enabled": None if args.enabled is None else args.enabled == "yes",
+        }
+        alerts.save_rule(
+            session,
+            ctx,
+            "cli",
+            dataclasses.replace(current, **{k: v for k, v in changes.items() if v is not None}),
+        )
+    elif command == "assign":
         alerts.assign(session, args.kiosk, args.staff)
     elif command == "contact":
         alerts.set_contact(session, args.staff, email=args.email, phone=args.phone)

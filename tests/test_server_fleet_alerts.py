@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from werkzeug.wrappers import Request, Response
 from kiosk.board import BoardStatus
 from kiosk.telemetry import collect
 from server import services
+from server.cli import main
 from server.errors import NotFound
 from server.services import alerts, fleet
 from server.services.notify import Notifier, NotifySettings, verify_signature
@@ -271,3 +273,72 @@ def test_old_telemetry_is_pruned_and_the_latest_state_kept(server_world: ServerW
         assert pruned == 2 and after == before - 2  # the first heartbeat's two rows
         (row,) = fleet.fleet(session, w.ctx, alerts.rules(session))
         assert row.state.temperature_c == 24.0
+
+
+def test_the_cli_sets_rules_contacts_places_and_runs_once(
+    server_world: ServerWorld,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = server_world
+    for name, value in w.environment(tmp_path / "ca.pem").items():
+        monkeypatch.setenv(name, value)
+    for name in ("ONECARD_SMTP_HOST", "ONECARD_ALERT_WEBHOOK_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert (
+        main(["alerts", "rule", "--kind", "offline", "--threshold", "30", "--quiet-minutes", "5"])
+        == 0
+    )
+    assert main(["alerts", "rule", "--kind", "no_dispense", "--enabled", "no"]) == 0
+    assert main(["alerts", "contact", "--staff", "tech", "--email", "tech@city.example"]) == 0
+    assert main(["alerts", "assign", "--kiosk", w.kiosk.id, "--staff", "tech"]) == 0
+    assert main(["alerts", "locate", "--kiosk", w.kiosk.id, "--lat", "31.2", "--lon", "121.5"]) == 0
+    assert (
+        main(
+            [
+                "alerts",
+                "levels",
+                "--kiosk",
+                w.kiosk.id,
+                "--slot",
+                "1",
+                "--minimum",
+                "3",
+                "--capacity",
+                "30",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["alerts", "rules"]) == 0
+    rules = {r["kind"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rules["offline"]["threshold"] == 30 and rules["offline"]["quiet_minutes"] == 5
+    assert rules["no_dispense"]["enabled"] is False and rules["fault"]["enabled"] is True
+    # Never seen: offline at once (no heartbeat at all); no channel configured, nothing sent.
+    assert main(["alerts", "run-once"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["opened"], summary["sent"], summary["failed"]) == (1, 0, 0)
+    with w.sessionmaker() as session:
+        (row,) = fleet.fleet(session, w.ctx, alerts.rules(session))
+        assert (row.latitude, row.longitude) == (31.2, 121.5)
+        assert (row.slots[0].minimum, row.slots[0].capacity) == (3, 30)
+        assert [h["kind"] for h in alerts.history(session, None)] == ["offline"]
+    assert (
+        main(
+            [
+                "alerts",
+                "levels",
+                "--kiosk",
+                w.kiosk.id,
+                "--slot",
+                "1",
+                "--minimum",
+                "30",
+                "--capacity",
+                "30",
+            ]
+        )
+        == 1
+    )
