@@ -53,3 +53,61 @@ def test_a_lost_card_is_revoked_from_the_residents_page(server_world: ServerWorl
     assert (f"user:{tech}", "card.revoke") in actions
     assert (f"user:{far}", "card.revoke") not in actions
     assert w.authorize().get_json()["reason"] == "card_revoked"
+
+
+def test_a_new_exam_programme_is_data_and_the_city_admin_adds_it(server_world: ServerWorld) -> None:
+    w = server_world
+    make_staff(w, "admin-city", Role.ADMINISTRATOR, None, must_change=False)
+    make_staff(w, "admin-t", Role.ADMINISTRATOR, TOWN, must_change=False)
+    town = StaffBrowser(w.app, address="10.0.0.4")
+    town.sign_in("admin-t")
+    refused = town.post(
+        "/admin/catalogue",
+        {
+            "action": "programme",
+            "programme-code": "hpv",
+            "programme-name": "HPV",
+            "programme-sexes": "F",
+            "programme-interval_days": "1095",
+        },
+        csrf_from="/admin/catalogue",
+    )
+    assert refused.status_code == 403
+    city = StaffBrowser(w.app)
+    city.sign_in("admin-city")
+    bad = city.post(
+        "/admin/catalogue",
+        {
+            "action": "programme",
+            "programme-code": "hpv",
+            "programme-name": "HPV screening",
+            "programme-sexes": "F",
+        },
+        csrf_from="/admin/catalogue",
+    )
+    assert bad.status_code == 400 and 'id="programme-interval_days-error"' in city.last_page
+    made = city.post(
+        "/admin/catalogue",
+        {
+            "action": "programme",
+            "programme-code": "hpv",
+            "programme-name": "HPV screening",
+            "programme-sexes": "F",
+            "programme-min_age": "25",
+            "programme-max_age": "64",
+            "programme-interval_days": "1095",
+        },
+        csrf_from="/admin/catalogue",
+    )
+    assert made.status_code == 302, city.last_page
+    # The station desk's eligibility lists it at once: no code was needed.
+    with w.sessionmaker() as session:
+        from server.services import stations
+        from server.store.models import Resident
+
+        resident = session.get(Resident, w.seed.resident_id)
+        assert resident is not None
+        codes = [
+            p.code for _i, p, _d in stations._decisions(session, w.ctx, resident, w.ctx.today())
+        ]
+    assert "hpv" in codes

@@ -7,6 +7,7 @@ entitlement rules of their area, and the region tree from a CSV file.
     GET/POST  /admin/rules                 the rules in force here, and a new one for this area
     GET/POST  /admin/regions               the region tree from a CSV file: preview, then write
     GET/POST  /admin/stations              a station's opening hours and capacity; enable, disable
+    GET/POST  /admin/catalogue             categories, products and exam programmes, as data
 
 Everything is checked again on the server (services.staff_auth, services.dispensing, services.regions): an
 administrator of one town can neither see nor touch a user, a rule or an area of another.
@@ -22,7 +23,15 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
 from sqlalchemy import select
 from werkzeug.wrappers import Response
-from wtforms import IntegerField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms import (
+    BooleanField,
+    IntegerField,
+    PasswordField,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import (
     DataRequired,
     InputRequired,
@@ -35,22 +44,22 @@ from wtforms.validators import (
 
 from server import services
 from server.errors import ApiError
-from server.services import appointments, kiosks, regions, staff_auth
+from server.services import appointments, catalogue, kiosks, regions, staff_auth
 from server.services import stations as station_services
 from server.services.staff_auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from server.store.db import db
 from server.store.models import Category, Kiosk, Role
 from server.web.access import ctx, page_of, query_int, roles_required, staff_user
 from server.web.base import ROLE_LABELS, register_navigation, staff_blueprint
-from server.web.forms import REFUSALS, REGION_CODE, ButtonForm, put_error, submitted
+from server.web.forms import REFUSALS, REGION_CODE, ButtonForm, options, put_error, submitted
 from server.web.i18n import _, _l
 
 admin = staff_blueprint("admin", __name__, url_prefix="/admin")
 register_navigation(_l("Staff users"), "admin.users", Role.ADMINISTRATOR)
 
 
-def _role_choices() -> list[tuple[str, Any]]:
-    return [(role.value, ROLE_LABELS[role]) for role in Role]
+def _role_choices() -> list[SelectChoice]:
+    return options((role.value, ROLE_LABELS[role]) for role in Role)
 
 
 class UserForm(FlaskForm):  # type: ignore[misc]
@@ -201,7 +210,7 @@ class RuleForm(FlaskForm):  # type: ignore[misc]
         validators=[Optional(), Regexp(REGION_CODE, message=_l("A region code, such as C01-T01."))],
     )
     category = SelectField(_l("Category"))
-    period_kind = SelectField(_l("Period"), choices=PERIODS)
+    period_kind = SelectField(_l("Period"), choices=options(PERIODS))
     period_days = IntegerField(
         _l("Days (rolling period only)"), validators=[Optional(), NumberRange(1, 3660)]
     )
@@ -213,7 +222,7 @@ class RuleForm(FlaskForm):  # type: ignore[misc]
     )
     min_age = IntegerField(_l("From age"), validators=[Optional(), NumberRange(0, 150)])
     max_age = IntegerField(_l("To age"), validators=[Optional(), NumberRange(0, 150)])
-    sexes = SelectField(_l("Who"), choices=SEXES)
+    sexes = SelectField(_l("Who"), choices=options(SEXES))
 
     def validate_period_days(self, field: IntegerField) -> None:
         if (self.period_kind.data == "rolling_days") != (field.data is not None):
@@ -243,7 +252,7 @@ def rules() -> Response | str | tuple[str, int]:
     session = db.session
     me = staff_user()
     form = RuleForm()
-    form.category.choices = _categories()
+    form.category.choices = options(_categories())
     if request.method == "GET":
         form.area.data = staff_auth.region_code_of(session, me.region_id) or ""
     status = 200
@@ -455,3 +464,123 @@ def _week_from(form: Any) -> tuple[dict[int, appointments.DayHours | None], dict
             continue
         week[day] = hours
     return week, problems
+
+
+# --- the catalogue: categories, products, exam programmes ------------------------------------------
+
+register_navigation(_l("Catalogue"), "admin.catalogue_page", Role.ADMINISTRATOR)
+
+CODE = r"^[A-Za-z0-9_.-]{1,40}$"
+
+
+class CategoryForm(FlaskForm):  # type: ignore[misc]
+    code = StringField(
+        _l("Code"),
+        validators=[DataRequired(), Regexp(CODE, message=_l("Letters, digits and . - _ only."))],
+    )
+    name = StringField(_l("Name"), validators=[DataRequired(), Length(max=200)])
+    unit = StringField(_l("Unit"), default="piece", validators=[DataRequired(), Length(max=40)])
+
+
+class ProductForm(FlaskForm):  # type: ignore[misc]
+    sku = StringField(
+        _l("SKU"),
+        validators=[DataRequired(), Regexp(CODE, message=_l("Letters, digits and . - _ only."))],
+    )
+    name = StringField(_l("Name"), validators=[DataRequired(), Length(max=200)])
+    category = SelectField(_l("Category"))
+    units = IntegerField(
+        _l("Counts as units"), default=1, validators=[InputRequired(), NumberRange(1, 1000)]
+    )
+
+
+class ProgrammeForm(FlaskForm):  # type: ignore[misc]
+    code = StringField(
+        _l("Code"),
+        validators=[DataRequired(), Regexp(CODE, message=_l("Letters, digits and . - _ only."))],
+    )
+    name = StringField(_l("Name"), validators=[DataRequired(), Length(max=200)])
+    sexes = SelectField(_l("Who"), choices=options(SEXES))
+    min_age = IntegerField(_l("From age"), validators=[Optional(), NumberRange(0, 150)])
+    max_age = IntegerField(_l("To age"), validators=[Optional(), NumberRange(0, 150)])
+    interval_days = IntegerField(
+        _l("Again after (days)"), validators=[Optional(), NumberRange(1, 36600)]
+    )
+    once = BooleanField(_l("Once in a life (or per pregnancy plan)"))
+    requires_plan = BooleanField(_l("Only couples planning a pregnancy"))
+
+
+@admin.route("/catalogue", methods=["GET", "POST"])
+@roles_required(Role.ADMINISTRATOR)
+def catalogue_page() -> Response | str | tuple[str, int]:
+    session = db.session
+    me = staff_user()
+    category = CategoryForm(prefix="category")
+    product = ProductForm(prefix="product")
+    programme = ProgrammeForm(prefix="programme")
+    product.category.choices = options(_categories())
+    status = 200
+    action = request.form.get("action")
+    try:
+        if submitted(category, "category"):
+            catalogue.add_category(
+                session,
+                ctx(),
+                me,
+                code=category.code.data,
+                name=category.name.data,
+                unit=category.unit.data,
+            )
+        elif submitted(product, "product"):
+            catalogue.add_product(
+                session,
+                ctx(),
+                me,
+                sku=product.sku.data,
+                name=product.name.data,
+                category=product.category.data,
+                units=product.units.data,
+            )
+        elif submitted(programme, "programme"):
+            catalogue.add_programme(
+                session,
+                ctx(),
+                me,
+                catalogue.ProgrammeSpec(
+                    code=programme.code.data,
+                    name=programme.name.data,
+                    sexes=programme.sexes.data,
+                    min_age=programme.min_age.data,
+                    max_age=programme.max_age.data,
+                    interval_days=programme.interval_days.data,
+                    once=programme.once.data,
+                    requires_plan=programme.requires_plan.data,
+                ),
+            )
+        elif action == "programme-toggle":
+            code = request.form.get("code", "")
+            catalogue.set_programme_active(
+                session, ctx(), me, code, request.form.get("active") == "1"
+            )
+        elif request.method == "POST":
+            status = 400
+    except ApiError as exc:
+        session.rollback()
+        target = {"category": category, "product": product}.get(action or "", programme)
+        put_error(target, exc)
+        status = 400 if exc.status != 403 else 403
+    else:
+        if request.method == "POST" and status == 200:
+            session.commit()
+            flash(_("Saved."), "ok")
+            return redirect(url_for("admin.catalogue_page"))
+    items = catalogue.listing(session)
+    session.rollback()
+    return render_template(
+        "staff/catalogue.html",
+        items=items,
+        category=category,
+        product=product,
+        programme=programme,
+        city_wide=me.region_id is None,
+    ), status

@@ -3,10 +3,12 @@ of several forms on a page was sent, and a service's refusal shown next to its f
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from flask import request
 from flask_wtf import FlaskForm
+from wtforms.fields.choices import SelectChoice
 
 from server.errors import ApiError
 from server.web.i18n import _l
@@ -29,7 +31,15 @@ REFUSALS: dict[str, Any] = {
     "slot_taken": _l("This time is full."),
     "slot_invalid": _l("The station does not take appointments at this time."),
     "not_eligible": _l("Not eligible for this exam on that day."),
+    "category_exists": _l("This code is taken."),
+    "product_exists": _l("This code is taken."),
+    "programme_exists": _l("This code is taken."),
 }
+
+
+def options(pairs: Iterable[tuple[str, Any]]) -> list[SelectChoice]:
+    """(value, label) pairs as a select field's choices."""
+    return [SelectChoice(value, label) for value, label in pairs]
 
 
 class ButtonForm(FlaskForm):  # type: ignore[misc]

@@ -28,14 +28,12 @@ from server.store.db import db
 from server.store.models import ExamProgramme, Role
 from server.web.access import ctx, roles_required, staff_user
 from server.web.base import register_navigation, staff_blueprint
-from server.web.forms import ID_NUMBER, put_error
+from server.web.forms import ID_NUMBER, options, put_error
 from server.web.i18n import _, _l
 
 nurse = staff_blueprint("nurse", __name__, url_prefix="/nurse")
 register_navigation(_l("Station desk"), "pages.station_page", Role.STATION_STAFF)
-register_navigation(
-    _l("Appointments"), "nurse.day", Role.STATION_STAFF, Role.ADMINISTRATOR
-)
+register_navigation(_l("Appointments"), "nurse.day", Role.STATION_STAFF, Role.ADMINISTRATOR)
 
 BOOKERS = (Role.STATION_STAFF, Role.ADMINISTRATOR)
 
@@ -88,10 +86,10 @@ def _page(station: str | None, day: dt.date, book: BookForm | None = None) -> tu
     free = [(s["starts_at"], s["starts_at"][11:16]) for s in slots if s["available"]]
     form = book or BookForm()
     form.station.data, form.date.data = station, day.isoformat()
-    form.programme.choices = _programme_choices()
-    form.starts_at.choices = free
+    form.programme.choices = options(_programme_choices())
+    form.starts_at.choices = options(free)
     move = MoveForm()
-    move.starts_at.choices = free
+    move.starts_at.choices = options(free)
     html = render_template(
         "staff/appointments.html",
         stations=choices,
@@ -117,8 +115,8 @@ def day() -> tuple[str, int]:
 def book() -> Response | tuple[str, int]:
     form = BookForm()
     day = _day(form.date.data)
-    form.programme.choices = _programme_choices()
-    form.starts_at.choices = [(form.starts_at.data, form.starts_at.data)]
+    form.programme.choices = options(_programme_choices())
+    form.starts_at.choices = options([(form.starts_at.data, form.starts_at.data)])
     if form.validate_on_submit():
         session = db.session
         try:

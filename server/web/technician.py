@@ -25,7 +25,7 @@ from server.store.db import db
 from server.store.models import Role
 from server.web.access import ctx, page_of, query_int, roles_required, staff_user
 from server.web.base import register_navigation, staff_blueprint
-from server.web.forms import ID_NUMBER, PHONE, REGION_CODE, put_error
+from server.web.forms import ID_NUMBER, PHONE, REGION_CODE, options, put_error
 from server.web.i18n import _, _l
 
 technician = staff_blueprint("technician", __name__, url_prefix="/technician")
@@ -39,7 +39,9 @@ PAGE = 25
 class EnrolForm(FlaskForm):  # type: ignore[misc]
     name = StringField(_l("Full name"), validators=[DataRequired(), Length(max=200)])
     sex = RadioField(
-        _l("Sex"), choices=[("F", _l("female")), ("M", _l("male"))], validators=[DataRequired()]
+        _l("Sex"),
+        choices=options([("F", _l("female")), ("M", _l("male"))]),
+        validators=[DataRequired()],
     )
     birth_date = DateField(_l("Date of birth"), validators=[DataRequired()])
     id_number = StringField(
