@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from werkzeug.serving import make_server
 
 from onecard.platform import start_server
 from onecard.procs import free_port
@@ -27,6 +30,7 @@ from server.store.db import db
 from server.store.migrate import upgrade
 from server.store.models import Role
 from tests.pages import assert_accessible, chromium, page_in, shot
+from tests.test_server_dhis2_export import MAPPING, StandIn
 from tests.test_station_page import random_public_key
 
 FIELD_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
@@ -37,6 +41,7 @@ PASSWORD = "correct horse battery"
 class Stage:
     url: str
     shots: Path
+    dhis2: StandIn
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +102,26 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
             session.commit()
     finally:
         db.dispose(app)
+    stand_in = StandIn()
+    dhis2 = make_server("127.0.0.1", 0, stand_in, threaded=True)
+    thread = threading.Thread(target=dhis2.serve_forever, daemon=True)
+    thread.start()
+    env.update(
+        ONECARD_DHIS2_URL=f"http://127.0.0.1:{dhis2.server_port}/dhis",
+        ONECARD_DHIS2_USER="exporter",
+        ONECARD_DHIS2_PASSWORD="secret",
+    )
     port = free_port()
-    server = start_server({**os.environ, **env}, port)
     try:
-        yield Stage(f"http://127.0.0.1:{port}", base / "screenshots")
+        server = start_server({**os.environ, **env}, port)
+        try:
+            yield Stage(f"http://127.0.0.1:{port}", base / "screenshots", stand_in)
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        dhis2.shutdown()
+        thread.join(10)
+        dhis2.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -203,4 +222,35 @@ def test_the_reports_page_plots_tables_and_csv(stage: Stage, browser: Any, local
         assert rows[0] == ["town", "label", "2026-Q1", "2026-Q2", "2026-Q3", "2026-Q4", "total"]
         assert rows[-1][0] == "total" and rows[-1][-1] == "3000"
         assert len(rows) == towns + 2  # header, a row per town, the totals
+        assert page.script_errors == []
+
+
+@pytest.mark.parametrize("locale", ["zh-CN", "en-US"])
+def test_an_administrator_keeps_a_dhis2_mapping_and_sends_the_figures(
+    stage: Stage, browser: Any, locale: str
+) -> None:
+    with page_in(browser, locale) as page:
+        sign_in(page, stage, "admin-city")
+        page.goto(f"{stage.url}/reports?year=2026")
+        page.click("#to-dhis2")
+        page.fill("#mapping", "{not json")
+        page.click("#save-mapping")
+        assert page.locator('[data-field="mapping"] .error').count() == 1
+        assert_accessible(page)
+        mapping = MAPPING.to_json()
+        mapping["org_units"] = {"L0000": "WillowComm1", "L0007": "HillTown001"}
+        page.fill("#mapping", json.dumps(mapping))
+        page.click("#save-mapping")
+        assert page.locator("#value-count").count() == 1
+        before = len(stage.dhis2.received)
+        page.click("#send")
+        summary = page.locator("#import-summary")
+        assert "SUCCESS" in summary.inner_text()
+        assert stage.dhis2.refusals == []
+        assert len(stage.dhis2.received) == before + 1
+        sent = stage.dhis2.received[-1]["dataValues"]
+        assert {v["orgUnit"] for v in sent} <= {"WillowComm1", "HillTown001"}
+        assert all(v["value"].isdigit() for v in sent)
+        assert_accessible(page)
+        shot(page, stage.shots, f"dhis2-{locale}")
         assert page.script_errors == []

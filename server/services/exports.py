@@ -5,7 +5,8 @@ back.
 The figures come from the same suppressed table as the report (server.services.reports), at
 village level with its totals, so DHIS2 learns nothing the report does not show; suppressed
 cells are left out (server.domain.dhis2). The mapping (regions to org units, figure names to
-data elements) is the administrator's JSON file (`ONECARD_DHIS2_MAPPING`); the server
+data elements) is the administrator's: kept in the database from the reports page
+(`stored_mapping`, `save_mapping`), or a JSON file for the CLI (`ONECARD_DHIS2_MAPPING`); the server
 (`ONECARD_DHIS2_URL`) and its account (`ONECARD_DHIS2_USER`, `ONECARD_DHIS2_PASSWORD`) come
 from the configuration.
 
@@ -14,18 +15,53 @@ Figure names: `dispenses` (captured dispenses at the kiosks of the org unit's vi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 from sqlalchemy.orm import Session
 
-from server.domain.dhis2 import DataValueSet, Dhis2Mapping, Figure, build
+from server.domain.dhis2 import DataValueSet, Dhis2Error, Dhis2Mapping, Figure, build
 from server.errors import ServiceUnavailable
+from server.services.context import Context
 from server.services.reports import dispenses_by_area
-from server.store.models import StaffUser
+from server.store import audit
+from server.store.models import Dhis2MappingRow, StaffUser
 
 TIMEOUT_S = 60.0
+
+
+def stored_mapping(session: Session) -> Dhis2Mapping | None:
+    """The administrator's mapping kept in the database (the reports page edits it)."""
+    row = session.get(Dhis2MappingRow, 1)
+    return None if row is None else Dhis2Mapping.from_json(json.loads(row.mapping))
+
+
+def save_mapping(session: Session, ctx: Context, user: StaffUser, text: str) -> Dhis2Mapping:
+    """Check and keep a mapping given as JSON; raises Dhis2Error naming each problem. No commit."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise Dhis2Error([f"not JSON: {exc}"]) from exc
+    if not isinstance(document, dict):
+        raise Dhis2Error(["not a JSON object"])
+    mapping = Dhis2Mapping.from_json(document)
+    row = session.get(Dhis2MappingRow, 1)
+    if row is None:
+        row = Dhis2MappingRow(id=1)
+        session.add(row)
+    row.mapping = json.dumps(mapping.to_json(), sort_keys=True)
+    row.updated_at, row.updated_by = ctx.now(), user.id
+    audit.append(
+        session,
+        at=ctx.now(),
+        actor=f"user:{user.id}",
+        action="dhis2.mapping",
+        subject="dhis2_mapping:1",
+        detail={"org_units": len(mapping.org_units), "elements": sorted(mapping.elements)},
+    )
+    return mapping
 
 
 def dhis2_period(period_key: str) -> str:
@@ -108,3 +144,31 @@ def push(url: str, user: str, password: str, values: DataValueSet) -> ImportSumm
             f"DHIS2 answered {response.status_code} without an import summary", code="dhis2_refused"
         )
     return read_summary(answer)
+
+
+def send(
+    session: Session,
+    ctx: Context,
+    user: StaffUser,
+    url: str,
+    account: tuple[str, str],
+    values: DataValueSet,
+    label: str,
+) -> ImportSummary:
+    """Push for a staff member and record it in the audit log (what, how many, the answer).
+    No commit."""
+    summary = push(url, account[0], account[1], values)
+    audit.append(
+        session,
+        at=ctx.now(),
+        actor=f"user:{user.id}",
+        action="dhis2.push",
+        subject=f"dhis2:{label}",
+        detail={
+            "values": len(values.data_values),
+            "status": summary.status,
+            "imported": summary.imported,
+            "conflicts": len(summary.conflicts),
+        },
+    )
+    return summary

@@ -600,3 +600,14 @@ class AlertDelivery(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(String(300))
+
+
+class Dhis2MappingRow(Base):
+    """The administrator's DHIS2 mapping (server.domain.dhis2.Dhis2Mapping as JSON); one row."""
+
+    __tablename__ = "dhis2_mapping"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mapping: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_by: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"))

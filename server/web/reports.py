@@ -4,19 +4,29 @@ plot is an image for the eye; the table is what a screen reader reads), and a CS
 
     GET /reports?year=2026&period=month|quarter|year&level=town|village
     GET /reports/<table>.csv?...           one table as CSV (suppressed cells empty)
+    GET  /reports/dhis2?year=&period=      the DHIS2 mapping, a preview of the data value set
+    GET  /reports/dhis2.json, dhis2.csv    the data value set to download
+    POST /reports/dhis2/mapping            keep a new mapping (administrators)
+    POST /reports/dhis2/push               send the set to ONECARD_DHIS2_URL; its import summary
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, abort, render_template, request, url_for
+from flask import Response, abort, flash, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
 from markupsafe import Markup
 from sqlalchemy.orm import Session
+from wtforms import TextAreaField
+from wtforms.validators import DataRequired, Length
 
-from server.services import reports
+from server.domain.dhis2 import Dhis2Error
+from server.services import exports, reports
 from server.services.reports import ReportTable
 from server.store.db import db
 from server.store.models import Role, StaffUser
@@ -180,3 +190,123 @@ def download(name: str) -> Response:
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+# --- DHIS2 (administrators) -------------------------------------------------------------------
+
+
+class MappingForm(FlaskForm):  # type: ignore[misc]
+    mapping = TextAreaField(tl("Mapping (JSON)"), validators=[DataRequired(), Length(max=200_000)])
+
+
+class PushForm(FlaskForm):  # type: ignore[misc]
+    """The send button; year and period travel in the page's query."""
+
+
+def _dhis2_page(mapping_form: MappingForm, summary: exports.ImportSummary | None = None) -> str:
+    choice = _choice()
+    mapping = exports.stored_mapping(db.session)
+    values = None
+    if mapping is not None:
+        values = exports.data_value_set(
+            db.session, mapping, choice.year, period=choice.period, user=staff_user()
+        )
+    db.session.rollback()
+    return render_template(
+        "staff/dhis2.html",
+        choice=choice,
+        mapping_form=mapping_form,
+        push=PushForm(),
+        values=values,
+        summary=summary,
+        target=os.environ.get(DHIS2_URL),
+        periods=[("month", t("month")), ("quarter", t("quarter")), ("year", t("year"))],
+        t=t,
+    )
+
+
+DHIS2_URL = "ONECARD_DHIS2_URL"
+
+
+@report_pages.get("/dhis2")
+@roles_required(Role.ADMINISTRATOR)
+def dhis2() -> str:
+    stored = exports.stored_mapping(db.session)
+    form = MappingForm(
+        data={"mapping": json.dumps(stored.to_json() if stored else SAMPLE_MAPPING, indent=1)}
+    )
+    return _dhis2_page(form)
+
+
+SAMPLE_MAPPING = {
+    "org_units": {"C01-T01-V001": "AbCdEfGhIj1"},
+    "elements": {
+        "dispenses": {"data_element": "AbCdEfGhIj2", "category_option_combo": "HllvX50cXC0"}
+    },
+    "data_set": None,
+    "attribute_option_combo": None,
+}
+
+
+@report_pages.post("/dhis2/mapping")
+@roles_required(Role.ADMINISTRATOR)
+def dhis2_mapping() -> Response | tuple[str, int]:
+    form = MappingForm()
+    if form.validate():
+        try:
+            exports.save_mapping(db.session, ctx(), staff_user(), form.mapping.data)
+        except Dhis2Error as exc:
+            db.session.rollback()
+            form.mapping.errors = list(exc.problems)
+        else:
+            db.session.commit()
+            flash(t("The mapping is kept."), "ok")
+            return redirect(url_for("report_pages.dhis2", **_choice().args()))
+    return _dhis2_page(form), 400
+
+
+@report_pages.get("/dhis2.<kind>")
+@roles_required(Role.ADMINISTRATOR)
+def dhis2_download(kind: str) -> Response:
+    mapping = exports.stored_mapping(db.session)
+    if mapping is None or kind not in ("json", "csv"):
+        abort(404)
+    choice = _choice()
+    values = exports.data_value_set(
+        db.session, mapping, choice.year, period=choice.period, user=staff_user()
+    )
+    db.session.rollback()
+    body = values.to_csv() if kind == "csv" else json.dumps(values.to_json(), indent=1)
+    return Response(
+        body,
+        mimetype="text/csv" if kind == "csv" else "application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="dataValueSets-{choice.year}-{choice.period}.{kind}"'
+        },
+    )
+
+
+@report_pages.post("/dhis2/push")
+@roles_required(Role.ADMINISTRATOR)
+def dhis2_push() -> str | tuple[str, int]:
+    mapping = exports.stored_mapping(db.session)
+    url = os.environ.get(DHIS2_URL)
+    if mapping is None or not url:
+        abort(409)
+    choice = _choice()
+    values = exports.data_value_set(
+        db.session, mapping, choice.year, period=choice.period, user=staff_user()
+    )
+    summary = exports.send(
+        db.session,
+        ctx(),
+        staff_user(),
+        url,
+        (os.environ.get("ONECARD_DHIS2_USER", ""), os.environ.get("ONECARD_DHIS2_PASSWORD", "")),
+        values,
+        f"{choice.year}:{choice.period}",
+    )
+    db.session.commit()
+    stored = exports.stored_mapping(db.session)
+    form = MappingForm(data={"mapping": json.dumps(stored.to_json() if stored else {}, indent=1)})
+    return _dhis2_page(form, summary)
