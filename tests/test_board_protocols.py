@@ -8,9 +8,11 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 
 import pytest
+from pymodbus.exceptions import ConnectionException
 
 from kiosk.board import (
     BoardDriver,
+    BoardLinkError,
     BoardRejectedError,
     BoardTimeoutError,
     DispenseOutcome,
@@ -18,6 +20,7 @@ from kiosk.board import (
     TxnIdReusedError,
     open_board,
 )
+from kiosk.board.serial_link import ModbusRtuLink
 from tests.fixtures.board import BoardSim
 
 PROTOCOLS = ["onecard-v1", "modbus-rtu"]
@@ -157,3 +160,40 @@ def test_noisy_line_with_a_power_cycle_ends_resolved_and_exact(start: Start, pro
     ok = Counter(r.slot for r in results.values() if r and r.outcome is DispenseOutcome.OK)
     assert {int(s): 100 - v for s, v in stats["physical"].items()} == {1: ok[1], 2: ok[2]}
     assert stats["line"]["crc_errors"] > 0
+
+
+class _PortClosingClient:
+    """Stands in for pymodbus's client at the moment pyserial found the port ready but empty:
+    the request raises ConnectionException (pymodbus closed the port); ``connect`` says
+    whether it opens again."""
+
+    def __init__(self, reopens: bool) -> None:
+        self.reopens = reopens
+
+    def read_holding_registers(self, *args: object, **kwargs: object) -> object:
+        raise ConnectionException("port closed after an empty read")
+
+    def connect(self) -> bool:
+        return self.reopens
+
+    def close(self) -> None:
+        pass
+
+
+def test_modbus_link_takes_a_port_that_reopens_for_a_timeout(board_sim_factory: Start) -> None:
+    sim = board_sim_factory(args=["--protocol", "modbus-rtu"])
+    link = ModbusRtuLink(sim.device, timeout=0.1)
+    real = link._client
+    try:
+        link._client = _PortClosingClient(reopens=True)  # type: ignore[assignment]
+        with pytest.raises(BoardTimeoutError):  # no answer: the driver's rules apply
+            link.read_registers(0, 1)
+        link._client = _PortClosingClient(reopens=False)  # type: ignore[assignment]
+        with pytest.raises(BoardLinkError):  # the line is really gone
+            link.read_registers(0, 1)
+        assert link.counters()["reconnects"] == 1
+        link._client = real
+        assert link.read_registers(0, 1) == [1]  # MAP_VERSION: the real port still talks
+    finally:
+        link._client = real
+        link.close()

@@ -96,7 +96,13 @@ class ModbusRtuLink:
     ) -> None:
         self.device = device
         self._unit = unit
-        self._counts = {"requests": 0, "timeouts": 0, "exceptions": 0, "crc_errors": 0}
+        self._counts = {
+            "requests": 0,
+            "timeouts": 0,
+            "exceptions": 0,
+            "crc_errors": 0,
+            "reconnects": 0,
+        }
         self._client = ModbusSerialClient(
             device,
             framer=FramerType.RTU,
@@ -123,6 +129,12 @@ class ModbusRtuLink:
         try:
             reply = getattr(self._client, name)(*args, device_id=self._unit, **kwargs)
         except ConnectionException as exc:
+            # pyserial takes a read that finds the port ready but empty for a lost device, and
+            # pymodbus then closes the port. When it opens again at once, the request simply
+            # got no answer (a timeout, whose rules the driver keeps); else the line is gone.
+            if self._client.connect():
+                self._counts["reconnects"] += 1
+                raise BoardTimeoutError(name) from exc
             raise BoardLinkError(f"{self.device}: {exc}") from exc
         except ModbusException as exc:  # no (valid) answer after pymodbus's retries
             self._counts["timeouts"] += 1
