@@ -14,6 +14,10 @@ Offline transactions (kiosk.offline): AUTHORIZING -> OFFLINE_APPROVED -> OFFLINE
 OFFLINE_DISPENSED | OFFLINE_NOT_DISPENSED -> SYNCING -> SYNCED. SYNCING means the transaction is
 in a batch whose idempotency key is written here (`batch_key`) before the batch is posted, so a
 restart resends the same batch with the same key and the server answers it once.
+
+A DISPENSED transaction whose authorization the server no longer knows (it was restored
+from a backup older than the tap) joins that queue as OFFLINE_DISPENSED: the item fell, so
+the dispense is charged once through the sync, which is exactly-once per tap counter.
 """
 
 from __future__ import annotations
@@ -70,7 +74,9 @@ TRANSITIONS: dict[TxnState, frozenset[TxnState]] = {
     ),
     TxnState.AUTHORIZED: frozenset({TxnState.DISPENSING, TxnState.VOIDED}),
     TxnState.DISPENSING: frozenset({TxnState.DISPENSED, TxnState.NOT_DISPENSED}),
-    TxnState.DISPENSED: frozenset({TxnState.CAPTURED}),
+    # The server lost the authorization (restored from an older backup): the dispense
+    # that happened is queued for the offline sync instead (Kiosk._server_lost_authorization).
+    TxnState.DISPENSED: frozenset({TxnState.CAPTURED, TxnState.OFFLINE_DISPENSED}),
     TxnState.NOT_DISPENSED: frozenset({TxnState.VOIDED}),
     # A crash between approval and DISPENSE: the board never got it, nothing fell.
     TxnState.OFFLINE_APPROVED: frozenset(

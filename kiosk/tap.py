@@ -50,6 +50,9 @@ from kiosk.screen.words import N_, Phrase, phrase
 
 log = logging.getLogger(__name__)
 
+# The server's answer to a capture or void of an authorization it has no record of.
+AUTHORIZATION_UNKNOWN = "authorization_unknown"
+
 
 class TapOutcome(StrEnum):
     DISPENSED = "dispensed"
@@ -527,9 +530,38 @@ class Kiosk:
                     authorization_id, str(outcome.outcome), txn.idempotency_key + ":void"
                 )
                 self.journal.advance(txn.id, TxnState.VOIDED)
-        except (ServerUnavailableError, ServerProblemError):
+        except (ServerUnavailableError, ServerProblemError) as exc:
+            if _authorization_lost(exc):
+                self._server_lost_authorization(txn, dropped=dropped)
             return None  # stays DISPENSED / NOT_DISPENSED; recover() settles it later
         return doc
+
+    def _server_lost_authorization(self, txn: Txn, *, dropped: bool) -> Txn:
+        """The server answered `authorization_unknown`: it has no record of this authorization,
+        because it was restored from a backup older than the tap (docs/backup.md). The journal
+        still holds the card's signed proof. An item that fell is queued for the offline sync
+        (kiosk.offline), which charges it once per tap counter and flags it as the server
+        decides; when nothing fell there is nothing to charge, and the transaction is closed
+        here as voided."""
+        if dropped:
+            log.warning(
+                "txn %d: the server has no authorization %s (restored from an older backup?); "
+                "the item fell, so the dispense is re-sent through the offline sync to be "
+                "charged once",
+                txn.id,
+                txn.authorization_id,
+            )
+            return self.journal.advance(
+                txn.id, TxnState.OFFLINE_DISPENSED, detail=AUTHORIZATION_UNKNOWN
+            )
+        log.warning(
+            "txn %d: the server has no authorization %s (restored from an older backup?); "
+            "nothing fell (%s), so there is nothing to charge: closed here as voided",
+            txn.id,
+            txn.authorization_id,
+            txn.outcome or "not dispensed",
+        )
+        return self.journal.advance(txn.id, TxnState.VOIDED, detail=AUTHORIZATION_UNKNOWN)
 
     def recover(self) -> list[tuple[int, TxnState]]:
         """Finish every transaction a crash or an outage left open.
@@ -594,7 +626,14 @@ class Kiosk:
             txn = self.journal.get(txn.id)
         if txn.state is TxnState.AUTHORIZED:
             assert txn.authorization_id is not None
-            self.server.void(txn.authorization_id, "kiosk_restart", txn.idempotency_key + ":void")
+            try:
+                self.server.void(
+                    txn.authorization_id, "kiosk_restart", txn.idempotency_key + ":void"
+                )
+            except ServerProblemError as exc:
+                if not _authorization_lost(exc):
+                    raise
+                return self._server_lost_authorization(txn, dropped=False).state
             return self.journal.advance(txn.id, TxnState.VOIDED, detail="kiosk_restart").state
         if txn.state is TxnState.DISPENSING:
             # The board is the only witness of whether the item fell.
@@ -606,3 +645,7 @@ class Kiosk:
             outcome = DispenseOutcome(txn.outcome or DispenseOutcome.NO_DROP)
             self._settle(txn, DispenseResult(txn.id, txn.slot, outcome, None))
         return self.journal.get(txn.id).state
+
+
+def _authorization_lost(exc: Exception) -> bool:
+    return isinstance(exc, ServerProblemError) and exc.code == AUTHORIZATION_UNKNOWN

@@ -9,6 +9,7 @@ byte, a truncated file and a file whose member does not match the manifest are e
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 import tarfile
 from pathlib import Path
@@ -66,6 +67,8 @@ def _open_transaction(
     answer = client.authorize(proof, 1, key)
     assert answer.approved and answer.authorization_id
     journal.advance(txn.id, TxnState.AUTHORIZED, authorization_id=answer.authorization_id)
+    if last is TxnState.AUTHORIZED:
+        return txn.id, answer.authorization_id
     journal.advance(txn.id, TxnState.DISPENSING)
     if last is TxnState.DISPENSED:
         journal.advance(txn.id, TxnState.DISPENSED, outcome=outcome)
@@ -183,6 +186,96 @@ def test_backup_wipe_restore_and_the_kiosk_settles(
     finally:
         db.dispose(restored)
         journal.close()
+
+
+def test_a_kiosk_settles_taps_an_older_backup_never_saw(
+    server_world: ServerWorld,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Restored from a backup taken before three taps: the server answers 404
+    authorization_unknown to their capture or void. The item that fell is charged once, through
+    the offline sync (the journal still holds its proof); the jam and the tap that never reached
+    the board are closed at the kiosk as voided, charging nobody; the log says so."""
+    w = server_world
+    w.clock.follow_real_time()
+    environment = w.environment(tmp_path / "card-ca.pem")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    journal = Journal(tmp_path / "kiosk" / "journal.sqlite3")
+    with serve_app(w.app) as url, ServerClient(url, w.kiosk.id, w.kiosk.key) as client:
+        earlier = client.authorize(w.kiosk.tap(w.card, w.clock), 1, secrets.token_hex(8))
+        assert earlier.authorization_id is not None
+        client.void(earlier.authorization_id, "jammed", secrets.token_hex(8))
+        backup_file = tmp_path / "older.backup"
+        backups.backup(backup_file, PASSPHRASE)
+        # After the backup: taps whose authorizations the restored server will never have seen.
+        dropped, dropped_auth = _open_transaction(journal, client, w, TxnState.DISPENSED, "ok")
+        jammed, jammed_auth = _open_transaction(journal, client, w, TxnState.DISPENSING, None)
+        unsent, unsent_auth = _open_transaction(journal, client, w, TxnState.AUTHORIZED, None)
+    dropped_proof = journal.get(dropped).request["proof"]  # type: ignore[index]
+    w.close()
+    backups.restore(backup_file, PASSPHRASE)
+
+    restored = create_app({**environment, "ONECARD_CARD_CA_DER": w.ca.der})
+    sessionmaker = db.bound(restored).sessionmaker
+    try:
+        lost = {dropped_auth, jammed_auth, unsent_auth}
+        assert not lost & {row[0] for row in _rows(sessionmaker, "authorizations")}
+        board = FakeBoard({jammed: DispenseOutcome.JAMMED})
+        with (
+            serve_app(restored) as url,
+            ServerClient(url, w.kiosk.id, w.kiosk.key) as client,
+            caplog.at_level(logging.WARNING, logger="kiosk.tap"),
+        ):
+            kiosk = Kiosk(
+                kiosk_id=w.kiosk.id,
+                journal=journal,
+                server=client,
+                board=board,  # type: ignore[arg-type]
+                ca_certificate_der=w.ca.der,
+            )
+            assert sorted(kiosk.recover()) == sorted(
+                [(dropped, TxnState.SYNCED), (jammed, TxnState.VOIDED), (unsent, TxnState.VOIDED)]
+            )
+            charged = _charged(sessionmaker, w.card)
+            assert kiosk.recover() == []  # again: nothing left, nothing charged twice
+            resent = {"txn_id": str(dropped), "proof": dropped_proof, "slot": 1, "quantity": 1}
+            answer = client.sync([{**resent, "outcome": "ok"}], secrets.token_hex(8))
+            assert [r["status"] for r in answer["results"]] == ["duplicate"]
+        assert journal.open_transactions() == [] and board.dispensed == []
+        assert charged == _charged(sessionmaker, w.card)
+        assert charged == [(dropped_proof["counter"], "captured", True, dropped)]
+        for txn_id in (jammed, unsent):
+            assert journal.steps(txn_id)[-1][1:] == (TxnState.VOIDED, "authorization_unknown")
+        said = caplog.text
+        assert f"txn {dropped}: the server has no authorization {dropped_auth}" in said
+        assert "re-sent through the offline sync" in said
+        assert f"txn {jammed}: the server has no authorization {jammed_auth}" in said
+        assert "nothing fell (jammed), so there is nothing to charge" in said
+        with sessionmaker() as session:
+            assert verify_chain(session) is None
+    finally:
+        db.dispose(restored)
+        journal.close()
+
+
+def _charged(sessionmaker: Any, card: Any) -> list[tuple[Any, ...]]:
+    """(tap counter, status, offline, board txn) of the card's authorizations that charge."""
+    with sessionmaker() as session:
+        return [
+            tuple(row)
+            for row in session.execute(
+                text(
+                    "SELECT a.proof_counter, a.status, a.offline, a.board_txn "
+                    "FROM authorizations a JOIN cards c ON c.id = a.card_id "
+                    "WHERE c.guid = :guid AND a.status <> 'voided' ORDER BY a.proof_counter"
+                ),
+                {"guid": card.guid.hex()},
+            )
+        ]
 
 
 # --- the container -------------------------------------------------------------------------------
