@@ -201,6 +201,11 @@ class CardCA:
             serialization.Encoding.DER
         )
 
+    def staff_issuer(self) -> StaffCardIssuer:
+        """This CA as `cardsvc.provision.CardIssuer` for a staff card (its certificate carries
+        the staff policy): `provision_card(piv, ca.staff_issuer(), pin=...)`."""
+        return StaffCardIssuer(self)
+
     def sign_detached(self, content: bytes) -> bytes:
         """A detached CMS SignedData (DER) over `content`, signer certificate included."""
         return (
@@ -212,3 +217,19 @@ class CardCA:
                 [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.NoCapabilities],
             )
         )
+
+
+@dataclass(frozen=True)
+class StaffCardIssuer:
+    """A card CA that certifies staff cards (role STAFF); the provisioning steps are a resident
+    card's (cardsvc.provision)."""
+
+    ca: CardCA
+
+    def issue(
+        self, public_key: ec.EllipticCurvePublicKey, guid: bytes, not_after: datetime
+    ) -> bytes:
+        return self.ca.issue(public_key, guid, not_after, role=CardRole.STAFF)
+
+    def sign_detached(self, content: bytes) -> bytes:
+        return self.ca.sign_detached(content)

@@ -175,7 +175,7 @@ class CheckedCard:
 
 
 class _Timer:
-    def __init__(self, on_step: Callable[[str], None] | None = None) -> None:
+    def __init__(self, on_step: Callable[[str], object] | None = None) -> None:
         self.steps: list[Step] = []
         self._on_step = on_step
 
@@ -236,7 +236,7 @@ class Kiosk:
         self,
         connection: Any,
         timer: _Timer | None = None,
-        on_step: Callable[[str], None] | None = None,
+        on_step: Callable[[str], object] | None = None,
     ) -> CheckedCard | TapResult:
         """Read the card, have it prove itself, verify it offline. A TapResult when refused."""
         timer = timer or _Timer(on_step)
@@ -317,7 +317,7 @@ class Kiosk:
         return entitlements_from_json(answer)
 
     def take(
-        self, card: CheckedCard, slot: int, on_step: Callable[[str], None] | None = None
+        self, card: CheckedCard, slot: int, on_step: Callable[[str], object] | None = None
     ) -> TapResult:
         """The resident chose `slot`: a fresh proof from the card (it is still on the reader),
         then authorize, dispense, capture or void exactly as `serve_card`."""

@@ -27,17 +27,18 @@ import requests
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
 
-from cardsvc.ca import CardCA
 from cardsvc.piv import PivSession
 from cardsvc.provision import provision_card
-from cardsvc.verify import CardRole
 from kiosk.app import ScreenKiosk, open_screen, serve
+from kiosk.client import ServerClient
 from kiosk.config_sync import ConfigSync
+from kiosk.identity import load_or_create_device_key
 from kiosk.journal import TxnState
 from kiosk.offline import OfflineMode
 from kiosk.session import TIMEOUTS, Screen
 from kiosk.tap import Kiosk, TapOutcome, TapResult
-from onecard.platform import KIOSK_ID, Platform, start_platform, start_server
+from onecard.platform import KIOSK_ID, Platform, start_platform
+from onecard.procs import free_port
 from server.store.models import KioskSlot, StockEvent
 from tests.fixtures.catalogue import add_choice_catalogue
 from tests.pages import assert_accessible, chromium, shot
@@ -57,19 +58,6 @@ TEST_TIMEOUTS = {
 }
 
 
-class StaffIssuer:
-    """The city card CA issuing a staff card (cardsvc.ca role STAFF), for provision_card."""
-
-    def __init__(self, ca: CardCA) -> None:
-        self.ca = ca
-
-    def issue(self, public_key: Any, guid: bytes, not_after: dt.datetime) -> bytes:
-        return self.ca.issue(public_key, guid, not_after, role=CardRole.STAFF)
-
-    def sign_detached(self, content: bytes) -> bytes:
-        return self.ca.sign_detached(content)
-
-
 @dataclass
 class Stage:
     platform: Platform
@@ -80,7 +68,6 @@ class Stage:
     resident_card: Path
     shots: Path
     results: list[TapResult] = field(default_factory=list)
-    started: list[Any] = field(default_factory=list)  # processes a test started: stopped at the end
 
     @property
     def url(self) -> str:
@@ -105,7 +92,7 @@ def _provision_staff_card(p: Platform, state: Path) -> None:
     connection = p.reader.wait_for_card(timeout=10)
     assert connection is not None
     with connection:
-        provision_card(PivSession(connection), StaffIssuer(p.ca), pin=STAFF_PIN)
+        provision_card(PivSession(connection), p.ca.staff_issuer(), pin=STAFF_PIN)
     p.card.send(f"swap {p.data_dir / 'card.json'}")
     p.card.remove()
     p.reader.wait_for_removal(timeout=10)
@@ -163,6 +150,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory, pcscd: object) -> Iterator[S
             report=results.append,
             timeouts=TEST_TIMEOUTS,
             result_min_s=1.0,
+            speech_wav_dir=base / "speech",
         )
         loop = threading.Thread(
             target=serve,
@@ -183,7 +171,6 @@ def stage(tmp_path_factory: pytest.TempPathFactory, pcscd: object) -> Iterator[S
             base / "screenshots",
             results,
         )
-        stack.callback(lambda: [child.stop() for child in stage.started])
         yield stage
 
 
@@ -281,6 +268,14 @@ def test_idle_says_what_the_kiosk_offers_in_both_languages(page: Any, stage: Sta
     assert "请把卡放在读卡区开始。" in page.inner_text("main")
     assert page.locator("#offers li").count() == 3
     check(page, stage, "idle-zh")
+    page.click("#speech")  # spoken prompts on request: this screen is said in Mandarin
+    page.wait_for_selector("#speech[aria-pressed=true]")
+    stage.parts.speaker.wait()
+    voice, said = stage.parts.speaker.spoken[-1]
+    assert voice == "cmn" and "请把卡放在读卡区开始。" in said
+    assert list(stage.parts.speaker.wav_dir.glob("*-cmn.wav"))  # type: ignore[union-attr]
+    page.click("#speech")
+    page.wait_for_selector("#speech[aria-pressed=false]")
     set_language(page, "en")
     assert "Tap your card on the reader to start." in page.inner_text("main")
     check(page, stage, "idle-en")
@@ -427,10 +422,14 @@ def test_card_pulled_while_dispensing_the_item_still_falls_and_is_charged(
 
 
 def test_server_unreachable_offline_approval_within_caps(page: Any, stage: Stage) -> None:
+    """The network to the server is cut (the kiosk's calls go to a port where nothing listens):
+    the signed offline policy answers, within its caps."""
     p = stage.platform
-    port = int(p.server_url.rsplit(":", 1)[1])
-    p.server.stop()
-    server = None
+    online = stage.kiosk.server
+    cut = ServerClient(
+        f"http://127.0.0.1:{free_port()}", KIOSK_ID, load_or_create_device_key(p.device_key_dir)
+    )
+    stage.kiosk.server = cut
     try:
         tap(stage)
         wait_screen(page, "choosing")
@@ -449,12 +448,11 @@ def test_server_unreachable_offline_approval_within_caps(page: Any, stage: Stage
         assert category(page, "lubricant").get_attribute("data-allowed") == "false"
         page.click("#action-cancel")
         take_card(stage, page)
-        server = start_server(p.server_env, port)
-        settled = stage.kiosk.recover()
-        assert (offline.txn_id, TxnState.SYNCED) in settled
     finally:
-        if server is not None:
-            stage.started.append(server)
+        stage.kiosk.server = online
+        cut.close()
+    settled = stage.kiosk.recover()  # back in touch: the offline tap is applied once
+    assert (offline.txn_id, TxnState.SYNCED) in settled
 
 
 def test_limit_reached_with_the_next_date(page: Any, stage: Stage) -> None:

@@ -5,7 +5,7 @@ Chinese (`zh_CN`, the kiosk's first language) and English (`en`, whose msgids ar
 words themselves; its catalogue only names categories and products). The kiosk core (kiosk.tap,
 kiosk.attendant) marks its words with `N_` and keeps them as (msgid, parameters); the screen
 (kiosk.screen.render) and the log say them in a language with `Words.text`. Placeholders are
-`str.format` names (`{name}`, `{date}`), the same in every language (tests/test_kiosk_words.py).
+`str.format` names (`{name}`, `{date}`), the same in every language (tests/test_kiosk_screen.py checks).
 
 Why .po read at start rather than .mo files: the .po is the one source; Babel compiles it in
 memory (`write_mo` into a buffer, read by the standard `gettext.GNUTranslations`) in a few
