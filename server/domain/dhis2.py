@@ -74,12 +74,13 @@ class Dhis2Mapping:
             ):
                 if not UID.match(uid):
                     found.append(f"{label} for {figure}: {uid!r} is not a DHIS2 UID")
-        for label, uid in (
+        optional: tuple[tuple[str, str | None], ...] = (
             ("data set", self.data_set),
             ("attribute option combo", self.attribute_option_combo),
-        ):
-            if uid is not None and not UID.match(uid):
-                found.append(f"{label}: {uid!r} is not a DHIS2 UID")
+        )
+        for label, maybe in optional:
+            if maybe is not None and not UID.match(maybe):
+                found.append(f"{label}: {maybe!r} is not a DHIS2 UID")
         return found
 
     @classmethod

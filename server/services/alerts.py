@@ -161,9 +161,10 @@ def evaluate_fleet(
         )
     ):
         key = (kiosk_id, kind, subject)
-        when = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
-        if key not in cleared_at or when > cleared_at[key]:
-            cleared_at[key] = when
+        assert when is not None  # the query asks for cleared alerts only
+        moment = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+        if key not in cleared_at or moment > cleared_at[key]:
+            cleared_at[key] = moment
     changes = reconcile(findings, open_alerts, cleared_at, in_force, now)
     gone = [open_alerts[key] for key in changes.cleared]
     for begin in range(0, len(gone), BATCH):

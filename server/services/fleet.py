@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, true
+from sqlalchemy import ColumnElement, and_, delete, func, select, true
 from sqlalchemy.orm import Session
 
 from server.domain.alerts import (
@@ -149,9 +149,9 @@ def fleet(
     """Every kiosk and station in the user's area (or all), ordered by town and id."""
     now = ctx.now()
     scope = scope_of(session, user)
-    kiosk_filter = true() if scope is None else Kiosk.region_id.in_(scope)
+    kiosk_filter: ColumnElement[bool] = true() if scope is None else Kiosk.region_id.in_(scope)
     if kiosk_ids is not None:
-        kiosk_filter = kiosk_filter & Kiosk.id.in_(list(kiosk_ids))
+        kiosk_filter = and_(kiosk_filter, Kiosk.id.in_(list(kiosk_ids)))
     # Core rows straight from the connection: for 2,400 kiosks the ORM's row handling costs
     # more than the queries.
     conn = session.connection()

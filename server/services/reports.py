@@ -297,7 +297,7 @@ def exams(
             Kiosk.region_id.in_(scope)
         )
     if by == "programme":
-        labels = {
+        labels: dict[Any, tuple[str, str]] = {
             pid: (code, name)
             for pid, code, name in session.execute(
                 select(ExamProgramme.id, ExamProgramme.code, ExamProgramme.name)

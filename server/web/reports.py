@@ -22,6 +22,7 @@ from flask import Response, abort, flash, redirect, render_template, request, ur
 from flask_wtf import FlaskForm
 from markupsafe import Markup
 from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response as WerkzeugResponse
 from wtforms import TextAreaField
 from wtforms.validators import DataRequired, Length
 
@@ -250,7 +251,7 @@ SAMPLE_MAPPING = {
 
 @report_pages.post("/dhis2/mapping")
 @roles_required(Role.ADMINISTRATOR)
-def dhis2_mapping() -> Response | tuple[str, int]:
+def dhis2_mapping() -> WerkzeugResponse | tuple[str, int]:
     form = MappingForm()
     if form.validate():
         try:
