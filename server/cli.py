@@ -1,6 +1,6 @@
 """`onecard server ...`: init-db, seed-demo, add-kiosk, add-station, create-user, set-password,
 tokens, reindex-residents, verify-audit,
-prune, alerts, dhis2, health, keygen-secrets, backup, restore, run.
+prune, rollup, alerts, dhis2, health, keygen-secrets, keygen-backup-key, backup, restore, run.
 
 `main(argv) -> exit status`; the `onecard` console script delegates its `server` subcommand here.
 Configuration comes from the environment (server.config), as in production. Errors are one line
@@ -36,7 +36,7 @@ from server.domain.alerts import AlertKind
 from server.domain.dhis2 import Dhis2Mapping
 from server.errors import ApiError
 from server.http.requestlog import configure_logging
-from server.services import alerts, exports, fleet, health, people, staff_auth
+from server.services import alerts, exports, fleet, health, people, rollup, staff_auth
 from server.services.notify import Notifier, NotifySettings
 from server.store import backup as backups
 from server.store.audit import verify_chain
@@ -62,7 +62,8 @@ SERVER_ENVIRONMENT = """environment:
   ONECARD_TIMEZONE              the city's time zone (Asia/Shanghai)
   ONECARD_CLOCK_SKEW            seconds a device's clock may be off (300)
   ONECARD_LOG_LEVEL             run: log level of the JSON log lines (INFO)
-  ONECARD_BACKUP_PASSPHRASE     backup, restore: the passphrase (else asked on the terminal)
+  ONECARD_BACKUP_PASSPHRASE     backup, restore: the passphrase (else asked on the terminal;
+                                not used with --recipient / --identity)
 
 In production mode the server never generates a secret: it refuses to start and names the
 first of the field key, signing key, card master secret and card CA certificate that is missing.
@@ -151,6 +152,11 @@ def _parser() -> argparse.ArgumentParser:
         "prune",
         "forget spent nonces and idempotency records past their use, and old kiosk telemetry",
     )
+    _command(
+        commands,
+        "rollup",
+        "add the captures settled since the last run to the monthly rollup the reports read",
+    )
     alerts = _command(
         commands,
         "alerts",
@@ -223,10 +229,35 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="the backup file, or a directory to write onecard-<UTC time>.backup into",
     )
+    backup.add_argument(
+        "--recipient",
+        type=Path,
+        metavar="PUBFILE",
+        help="seal to this X25519 public key (from keygen-backup-key) instead of a passphrase",
+    )
+    backup_key = _command(
+        commands,
+        "keygen-backup-key",
+        "create a backup recipient key pair: KEYFILE (private, for restore) and KEYFILE.pub",
+    )
+    backup_key.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="KEYFILE",
+        help="the private key file to write (keep it off the server); the public key goes to "
+        "KEYFILE.pub",
+    )
     restore = _command(
         commands, "restore", "put a backup back: secrets, then the database (stop the server)"
     )
     restore.add_argument("file", type=Path, help="the backup file")
+    restore.add_argument(
+        "--identity",
+        type=Path,
+        metavar="KEYFILE",
+        help="open a backup sealed with --recipient with this private key file",
+    )
     restore.add_argument(
         "--force",
         action="store_true",
@@ -263,10 +294,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     # These work without a loadable configuration (a fresh machine has no secrets yet).
     if args.command == "keygen-secrets":
         return _keygen_secrets(args.dir)
+    if args.command == "keygen-backup-key":
+        return _keygen_backup_key(args.out)
     if args.command == "backup":
-        return _backup(args.out)
+        return _backup(args.out, args.recipient)
     if args.command == "restore":
-        return _restore(args.file, force=args.force)
+        return _restore(args.file, args.identity, force=args.force)
 
     config = ServerConfig.load()
     if args.command == "init-db":
@@ -314,6 +347,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                 )
             elif args.command == "alerts":
                 return _alerts(session, ctx, args)
+            elif args.command == "rollup":
+                touched = rollup.refresh(session, ctx)
+                session.commit()
+                print(json.dumps({"kiosk_months": touched}))
             elif args.command == "dhis2":
                 return _dhis2(session, args)
             elif args.command == "health":
@@ -475,11 +512,12 @@ def _passphrase(*, confirm: bool) -> str:
     return first
 
 
-def _backup(out: Path) -> int:
+def _backup(out: Path, recipient: Path | None) -> int:
     if out.is_dir():
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         out = out / f"onecard-{stamp}.backup"
-    manifest = backups.backup(out, _passphrase(confirm=True))
+    key = backups.load_recipient(recipient) if recipient else _passphrase(confirm=True)
+    manifest = backups.backup(out, key)
     revisions = ", ".join(manifest["database"]["schema_revisions"]) or "none"
     print(
         f"backup written to {out}: {manifest['database']['kind']} database at schema "
@@ -488,8 +526,9 @@ def _backup(out: Path) -> int:
     return 0
 
 
-def _restore(path: Path, *, force: bool) -> int:
-    summary = backups.restore(path, _passphrase(confirm=False), force=force)
+def _restore(path: Path, identity: Path | None, *, force: bool) -> int:
+    key = backups.load_identity(identity) if identity else _passphrase(confirm=False)
+    summary = backups.restore(path, key, force=force)
     print(
         f"restored the {summary.database} database of {summary.created} "
         f"(schema {', '.join(summary.schema_revisions) or 'none'}; {summary.files} files checked)"
@@ -505,6 +544,13 @@ def _restore(path: Path, *, force: bool) -> int:
             return _verify_audit(session)
     finally:
         db.dispose(app)
+
+
+def _keygen_backup_key(path: Path) -> int:
+    public = backups.keygen_identity(path)
+    print(f"private key (for restore --identity; keep it off the server): {path}")
+    print(f"public key (for backup --recipient): {public}")
+    return 0
 
 
 def _keygen_secrets(directory: Path) -> int:

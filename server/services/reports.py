@@ -14,7 +14,8 @@ A kiosk's town is the town or subdistrict above its region; a kiosk registered a
 (where `add-kiosk` puts one by default) counts in a row of the city's own, instead of being
 left out as the first report did. Counts are grouped by kiosk (or station) and month in SQL, then
 rolled up in Python over the region tree (a city has ~1,000 regions), so one query serves
-every level and period.
+every level and period. The area tables read the monthly rollup (server.services.rollup) and
+the captures settled since it last ran.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from server.domain.suppression import THRESHOLD, SuppressedTable, suppress
 from server.errors import InvalidRequest
 from server.services.context import Context
 from server.services.people import subtree_ids
+from server.services.rollup import area_counts
 from server.store.models import (
     Appointment,
     Authorization,
@@ -239,11 +241,9 @@ def dispenses_by_area(
     _check(period, PERIODS, "period")
     tree = RegionTree(session)
     counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for region_id, month, n, _ in _dispense_counts(
-        session, year, _scope(session, user), Kiosk.region_id
-    ):
+    for (region_id, month), (n, _) in area_counts(session, year, _scope(session, user)).items():
         row = tree.label(tree.at_level(region_id, level))
-        counts[row][period_of(month, period)] += n
+        counts[row][period_of(_month_key(year, month), period)] += n
     return _table(f"dispenses_by_{level}", level, counts, periods_of_year(year, period))
 
 
@@ -416,9 +416,10 @@ def monthly_report(
     tree = RegionTree(session)
     dispenses: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     units: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for region_id, month, n, u in _dispense_counts(
-        session, year, _scope(session, user), Kiosk.region_id
-    ):
+    for (region_id, month_number), (n, u) in area_counts(
+        session, year, _scope(session, user)
+    ).items():
+        month = _month_key(year, month_number)
         row = tree.label(tree.at_level(region_id, "town"))
         dispenses[row][month] += n
         units[row][month] += u

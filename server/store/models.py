@@ -246,6 +246,13 @@ class Authorization(Base):
         Index("ix_authorizations_resident_id_created_at", "resident_id", "created_at"),
         # A tap (kiosk, counter) is used at most once, online or offline.
         Index("uq_authorizations_kiosk_id_proof_counter", "kiosk_id", "proof_counter", unique=True),
+        # The captures not yet rolled up into dispense_months (server.services.rollup).
+        Index(
+            "ix_authorizations_captured_settled_at",
+            "settled_at",
+            sqlite_where=text("status = 'captured'"),
+            postgresql_where=text("status = 'captured'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
@@ -611,3 +618,23 @@ class Dhis2MappingRow(Base):
     mapping: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     updated_by: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"))
+
+
+class DispenseMonth(Base):
+    """Captured dispenses per kiosk and month of their usage day (server.services.rollup)."""
+
+    __tablename__ = "dispense_months"
+
+    kiosk_id: Mapped[str] = mapped_column(ForeignKey("kiosks.id"), primary_key=True)
+    month: Mapped[dt.date] = mapped_column(Date, primary_key=True)  # the 1st of the month
+    dispenses: Mapped[int] = mapped_column(Integer)
+    units: Mapped[int] = mapped_column(Integer)
+
+
+class RollupState(Base):
+    """How far a rollup has read: the latest settled_at it added."""
+
+    __tablename__ = "rollup_state"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    watermark: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
