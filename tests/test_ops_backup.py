@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
+import sqlite3
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -282,8 +283,9 @@ def _charged(sessionmaker: Any, card: Any) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture
-def sqlite_backup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A backup of a small migrated SQLite server (development keys)."""
+def sqlite_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small migrated SQLite server (development keys) configured in the environment; its
+    database file."""
     from server.store.migrate import upgrade
 
     database = tmp_path / "server" / "onecard.db"
@@ -292,9 +294,73 @@ def sqlite_backup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("ONECARD_DATABASE_URL", f"sqlite:///{database}")
     monkeypatch.setenv("ONECARD_PRODUCTION", "0")
     monkeypatch.delenv("ONECARD_FIELD_KEY", raising=False)
+    monkeypatch.delenv(backups.PASSPHRASE_SETTING, raising=False)
+    return database
+
+
+@pytest.fixture
+def sqlite_backup(sqlite_server: Path, tmp_path: Path) -> Path:
+    """A backup of the small SQLite server, sealed with the passphrase."""
     out = tmp_path / "server.backup"
     backups.backup(out, PASSPHRASE)
     return out
+
+
+def test_a_backup_sealed_to_a_recipient_key_needs_no_passphrase(
+    sqlite_server: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """keygen-backup-key, then backup --recipient with no passphrase anywhere (the nightly
+    timer's case), the database wiped, restore --identity: back, the audit chain intact."""
+    identity = tmp_path / "offsite" / "backup-key"
+    assert server_cli(["keygen-backup-key", "--out", str(identity)]) == 0
+    public = identity.with_name("backup-key.pub")
+    assert identity.stat().st_mode & 0o777 == 0o600
+    assert b"PRIVATE KEY" in identity.read_bytes() and b"PUBLIC KEY" in public.read_bytes()
+    assert server_cli(["keygen-backup-key", "--out", str(identity)]) == 1  # never overwritten
+    out = tmp_path / "nightly.backup"
+    assert server_cli(["backup", "--out", str(out), "--recipient", str(public)]) == 0
+    before = _dump(sqlite_server)
+    for path in sqlite_server.parent.glob(sqlite_server.name + "*"):
+        if not path.name.endswith(".key"):
+            path.unlink()
+    capsys.readouterr()
+    assert server_cli(["restore", str(out), "--identity", str(identity)]) == 0
+    assert "audit log: the chain is intact" in capsys.readouterr().out
+    assert _dump(sqlite_server) == before
+
+
+def _dump(database: Path) -> list[str]:
+    connection = sqlite3.connect(database)
+    try:
+        return list(connection.iterdump())
+    finally:
+        connection.close()
+
+
+def test_a_recipient_backup_opens_only_with_its_identity(
+    sqlite_server: Path, tmp_path: Path
+) -> None:
+    backups.keygen_identity(tmp_path / "right")
+    backups.keygen_identity(tmp_path / "wrong")
+    out = tmp_path / "sealed.backup"
+    backups.backup(out, backups.load_recipient(tmp_path / "right.pub"))
+    with (
+        pytest.raises(backups.BackupError, match="wrong key"),
+        backups.opened(out, backups.load_identity(tmp_path / "wrong")),
+    ):
+        pass
+    with pytest.raises(backups.BackupError, match="sealed to a recipient key, not a passphrase"):
+        backups.restore(out, PASSPHRASE)
+    with pytest.raises(backups.BackupError, match="right.pub is not a PEM key"):
+        backups.load_identity(tmp_path / "right.pub")
+    with backups.opened(out, backups.load_identity(tmp_path / "right")) as (_content, manifest):
+        assert manifest["database"]["kind"] == "sqlite"
+
+
+def test_a_passphrase_backup_is_not_opened_with_a_key(sqlite_backup: Path, tmp_path: Path) -> None:
+    backups.keygen_identity(tmp_path / "key")
+    with pytest.raises(backups.BackupError, match="sealed with a passphrase, not a key"):
+        backups.restore(sqlite_backup, backups.load_identity(tmp_path / "key"))
 
 
 def test_a_wrong_passphrase_is_refused(sqlite_backup: Path) -> None:

@@ -11,11 +11,18 @@ What is inside (a tar archive, gzip-compressed, then encrypted):
     ca/card-ca-cert          the city card CA certificate (ONECARD_CARD_CA_CERT), when set
     ca-dir/<file>            the card CA directory (ONECARD_CARD_CA_DIR), when set
 
-The file: `ONECARD-BACKUP\\0` and a version byte, a JSON header (scrypt parameters and salt, the
-nonce prefix), then the archive in 1 MiB chunks, each sealed with AES-256-GCM under a key derived
-from the passphrase with scrypt. A chunk's nonce is the prefix, its number and a last-chunk
-flag (the STREAM construction), and the header is bound to every chunk as associated data, so a
-reordered, truncated or altered file, or a wrong passphrase, is refused as a whole.
+The file: `ONECARD-BACKUP\\0` and a version byte, a JSON header (how the key is derived, the
+nonce prefix), then the archive in 1 MiB chunks, each sealed with AES-256-GCM. A chunk's nonce is
+the prefix, its number and a last-chunk flag (the STREAM construction), and the header is bound
+to every chunk as associated data, so a reordered, truncated or altered file, or a wrong
+passphrase or key, is refused as a whole. The AES key comes from one of:
+
+* a passphrase, through scrypt (header `kdf: scrypt`, its parameters and salt);
+* a recipient's X25519 public key (header `kdf: x25519-hkdf-sha256`): an ephemeral X25519 key
+  pair is made for this file, and HKDF-SHA256 over the shared secret (salt in the header, info
+  binding both public keys) gives the key. The header carries the ephemeral and the recipient's
+  public keys; only the recipient's private key (the identity, `keygen_identity`) opens it, so a
+  server can write nightly backups with no secret of the backup's on it.
 
 Restore puts the secrets where the configuration reads them: a key given as a value in the
 environment must equal the backup's (else restore refuses: the data could not be read); a key
@@ -46,7 +53,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from sqlalchemy.engine import make_url
 
@@ -72,6 +82,14 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 PASSPHRASE_SETTING = "ONECARD_BACKUP_PASSPHRASE"
 MIN_PASSPHRASE = 12
+KDF_PASSPHRASE = "scrypt"
+KDF_RECIPIENT = "x25519-hkdf-sha256"
+HKDF_INFO = b"onecard-backup x25519 v1"
+
+# What seals a backup: a passphrase, or the recipient's public key. What opens it: the same
+# passphrase, or the recipient's private key (the identity).
+SealingKey = str | X25519PublicKey
+OpeningKey = str | X25519PrivateKey
 
 
 class BackupError(Exception):
@@ -96,27 +114,84 @@ def _derive(passphrase: str, salt: bytes, n: int, r: int, p: int) -> AESGCM:
     return AESGCM(key)
 
 
+def _raw(key: X25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _agree(
+    private: X25519PrivateKey,
+    peer: X25519PublicKey,
+    salt: bytes,
+    ephemeral: bytes,
+    recipient: bytes,
+) -> AESGCM:
+    try:
+        shared = private.exchange(peer)
+    except ValueError:  # a low-order point: no shared secret
+        raise BackupError("the backup's header is damaged (its ephemeral key)") from None
+    hkdf = HKDF(hashes.SHA256(), length=32, salt=salt, info=HKDF_INFO + ephemeral + recipient)
+    return AESGCM(hkdf.derive(shared))
+
+
+def _sealing(key: SealingKey) -> tuple[dict[str, Any], AESGCM]:
+    """The header's key fields and the AEAD for a new backup sealed with `key`."""
+    salt = secrets.token_bytes(16)
+    fields: dict[str, Any] = {"salt": base64.b64encode(salt).decode()}
+    if isinstance(key, str):
+        if len(key) < MIN_PASSPHRASE:
+            raise BackupError(f"the passphrase must have at least {MIN_PASSPHRASE} characters")
+        fields.update(kdf=KDF_PASSPHRASE, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+        return fields, _derive(key, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    ephemeral = X25519PrivateKey.generate()
+    ephemeral_raw, recipient_raw = _raw(ephemeral.public_key()), _raw(key)
+    fields.update(
+        kdf=KDF_RECIPIENT,
+        ephemeral=base64.b64encode(ephemeral_raw).decode(),
+        recipient=base64.b64encode(recipient_raw).decode(),
+    )
+    return fields, _agree(ephemeral, key, salt, ephemeral_raw, recipient_raw)
+
+
+def _opening(header: dict[str, Any], key: OpeningKey) -> AESGCM:
+    """The AEAD that opens a backup with this header, or BackupError saying what is wrong."""
+    kdf = header.get("kdf")
+    salt = base64.b64decode(header["salt"])
+    if kdf == KDF_PASSPHRASE:
+        if not isinstance(key, str):
+            raise BackupError(
+                "this backup is sealed with a passphrase, not a key: give the passphrase"
+            )
+        n, r, p = int(header["n"]), int(header["r"]), int(header["p"])
+        if n > 1 << 20 or r > 32 or p > 16:
+            raise BackupError("the backup's key derivation is not one this version reads")
+        return _derive(key, salt, n, r, p)
+    if kdf == KDF_RECIPIENT:
+        if isinstance(key, str):
+            raise BackupError(
+                "this backup is sealed to a recipient key, not a passphrase: give its identity "
+                "(restore --identity KEYFILE)"
+            )
+        ephemeral_raw = base64.b64decode(header["ephemeral"])
+        recipient_raw = base64.b64decode(header["recipient"])
+        if recipient_raw != _raw(key.public_key()):
+            raise BackupError("wrong key: this backup is sealed to another recipient key")
+        ephemeral = X25519PublicKey.from_public_bytes(ephemeral_raw)
+        return _agree(key, ephemeral, salt, ephemeral_raw, recipient_raw)
+    raise BackupError("the backup's key derivation is not one this version reads")
+
+
 def _nonce(prefix: bytes, number: int, last: bool) -> bytes:
     return prefix + struct.pack(">I?", number, last)
 
 
-def encrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: str) -> None:
-    """Seal `source` into `target` (the container format above)."""
-    if len(passphrase) < MIN_PASSPHRASE:
-        raise BackupError(f"the passphrase must have at least {MIN_PASSPHRASE} characters")
-    salt, prefix = secrets.token_bytes(16), secrets.token_bytes(NONCE_PREFIX)
+def encrypt_stream(source: BinaryIO, target: BinaryIO, key: SealingKey) -> None:
+    """Seal `source` into `target` (the container format above) with a passphrase or to a
+    recipient's public key."""
+    fields, aead = _sealing(key)
+    prefix = secrets.token_bytes(NONCE_PREFIX)
     header = json.dumps(
-        {
-            "kdf": "scrypt",
-            "n": SCRYPT_N,
-            "r": SCRYPT_R,
-            "p": SCRYPT_P,
-            "salt": base64.b64encode(salt).decode(),
-            "nonce_prefix": base64.b64encode(prefix).decode(),
-            "chunk": CHUNK,
-        }
+        {**fields, "nonce_prefix": base64.b64encode(prefix).decode(), "chunk": CHUNK}
     ).encode()
-    aead = _derive(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
     target.write(MAGIC + struct.pack(">I", len(header)) + header)
     associated = MAGIC + header
     number = 0
@@ -131,22 +206,19 @@ def encrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: str) -> None:
         chunk, number = following, number + 1
 
 
-def decrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: str) -> None:
-    """Open a container made by encrypt_stream; BackupError if anything does not hold."""
+def decrypt_stream(source: BinaryIO, target: BinaryIO, key: OpeningKey) -> None:
+    """Open a container made by encrypt_stream with its passphrase or the recipient's private
+    key; BackupError if anything does not hold."""
     if source.read(len(MAGIC)) != MAGIC:
         raise BackupError("not a OneCard backup (or a newer format)")
     try:
         (length,) = struct.unpack(">I", source.read(4))
         header_bytes = source.read(length)
         header = json.loads(header_bytes)
-        salt = base64.b64decode(header["salt"])
         prefix = base64.b64decode(header["nonce_prefix"])
-        n, r, p = int(header["n"]), int(header["r"]), int(header["p"])
+        aead = _opening(header, key)
     except (struct.error, ValueError, KeyError, TypeError) as exc:
         raise BackupError(f"the backup's header is damaged: {exc}") from None
-    if header.get("kdf") != "scrypt" or n > 1 << 20 or r > 32 or p > 16:
-        raise BackupError("the backup's key derivation is not one this version reads")
-    aead = _derive(passphrase, salt, n, r, p)
     associated = MAGIC + header_bytes
     number = 0
     while True:
@@ -162,7 +234,8 @@ def decrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: str) -> None:
                 continue
         else:
             if number == 0:
-                raise BackupError("wrong passphrase, or the backup is damaged")
+                what = "passphrase" if isinstance(key, str) else "key"
+                raise BackupError(f"wrong {what}, or the backup is damaged")
             raise BackupError(f"the backup is damaged (part {number} does not authenticate)")
         target.write(plain)
         if last:
@@ -170,6 +243,60 @@ def decrypt_stream(source: BinaryIO, target: BinaryIO, passphrase: str) -> None:
                 raise BackupError("the backup has data after its last part")
             return
         number += 1
+
+
+# --- recipient keys ----------------------------------------------------------------------------
+
+
+def keygen_identity(path: Path) -> Path:
+    """Write a new X25519 identity: the private key to `path` (PKCS#8 PEM, mode 0600: keep it
+    off the server, with the restore side), the public key to `path`.pub (give that to
+    `backup --recipient`). Refuses to overwrite either. Returns the public key's path."""
+    public_path = path.with_name(path.name + ".pub")
+    existing = [str(p) for p in (path, public_path) if p.exists()]
+    if existing:
+        raise BackupError(f"refusing to overwrite {', '.join(existing)}")
+    private = X25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    public_path.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return public_path
+
+
+def load_recipient(path: Path) -> X25519PublicKey:
+    """A recipient's public key from its PEM file (`keygen_identity`'s .pub)."""
+    key = _load_pem(path, serialization.load_pem_public_key)
+    if not isinstance(key, X25519PublicKey):
+        raise BackupError(f"{path} is not an X25519 public key")
+    return key
+
+
+def load_identity(path: Path) -> X25519PrivateKey:
+    """The recipient's private key from its PEM file (written by `keygen_identity`)."""
+    key = _load_pem(path, lambda data: serialization.load_pem_private_key(data, password=None))
+    if not isinstance(key, X25519PrivateKey):
+        raise BackupError(f"{path} is not an X25519 private key")
+    return key
+
+
+def _load_pem(path: Path, load: Any) -> object:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BackupError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return load(data)
+    except (ValueError, TypeError) as exc:
+        raise BackupError(f"{path} is not a PEM key: {exc}") from None
 
 
 # --- what the configuration names ---------------------------------------------------------------
@@ -312,9 +439,10 @@ def _schema_revisions(database_url: str, dump_dir: Path, kind: str, member: str)
 
 
 def backup(
-    out: Path, passphrase: str, overrides: Mapping[str, Any] | None = None
+    out: Path, key: SealingKey, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Write the encrypted backup of this configuration's server to `out`; its manifest."""
+    """Write the backup of this configuration's server to `out`, sealed with a passphrase or
+    to a recipient's public key; its manifest."""
     setting = settings_reader(dict(overrides or {}))
     database_url = database_url_of(setting)
     places = locate_secrets(overrides, create=True)
@@ -362,7 +490,7 @@ def backup(
         partial = out.with_name(out.name + ".partial")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as target, plain.open("rb") as source:
-            encrypt_stream(source, target, passphrase)
+            encrypt_stream(source, target, key)
             target.flush()
             os.fsync(target.fileno())
         os.replace(partial, out)
@@ -380,7 +508,7 @@ def _copy_in(source: Path, target: Path, setting_name: str) -> None:
 
 
 @contextmanager
-def opened(path: Path, passphrase: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+def opened(path: Path, key: OpeningKey) -> Iterator[tuple[Path, dict[str, Any]]]:
     """The backup decrypted and unpacked in a private temporary directory, every file checked
     against the manifest; (directory, manifest)."""
     with tempfile.TemporaryDirectory(prefix="onecard-restore-") as tmp:
@@ -388,7 +516,7 @@ def opened(path: Path, passphrase: str) -> Iterator[tuple[Path, dict[str, Any]]]
         plain = work / "archive.tar.gz"
         try:
             with path.open("rb") as source, plain.open("wb") as target:
-                decrypt_stream(source, target, passphrase)
+                decrypt_stream(source, target, key)
         except OSError as exc:
             raise BackupError(f"cannot read {path}: {exc.strerror}") from None
         content = work / "content"
@@ -423,7 +551,7 @@ def _check_files(content: Path, manifest: dict[str, Any]) -> None:
 
 def restore(
     path: Path,
-    passphrase: str,
+    key: OpeningKey,
     overrides: Mapping[str, Any] | None = None,
     *,
     force: bool = False,
@@ -431,7 +559,7 @@ def restore(
     """Put the backup at `path` back under this configuration (see the module docstring)."""
     setting = settings_reader(dict(overrides or {}))
     database_url = database_url_of(setting)
-    with opened(path, passphrase) as (content, manifest):
+    with opened(path, key) as (content, manifest):
         database = manifest["database"]
         kind = "sqlite" if database_url.startswith("sqlite") else "postgresql"
         if database["kind"] != kind:
