@@ -4,11 +4,15 @@ nor revoke the card; every look at the person is an audited read."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import select
 
-from server.store.models import AuditEntry, Card, CardStatus, Role
+from server.services import stations
+from server.store.models import AuditEntry, Card, CardStatus, Kiosk, Resident, Role, StockEvent
 from tests.fixtures.database import ServerWorld
 from tests.staff_browser import StaffBrowser, make_staff
+from tests.test_station_page import random_public_key
 
 TOWN = "C01-T01"
 OTHER_TOWN = "C01-T02"
@@ -102,12 +106,55 @@ def test_a_new_exam_programme_is_data_and_the_city_admin_adds_it(server_world: S
     assert made.status_code == 302, city.last_page
     # The station desk's eligibility lists it at once: no code was needed.
     with w.sessionmaker() as session:
-        from server.services import stations
-        from server.store.models import Resident
-
         resident = session.get(Resident, w.seed.resident_id)
         assert resident is not None
         codes = [
             p.code for _i, p, _d in stations._decisions(session, w.ctx, resident, w.ctx.today())
         ]
     assert "hpv" in codes
+
+
+def test_a_technician_registers_a_kiosk_in_the_area_and_sees_its_refills(
+    server_world: ServerWorld,
+) -> None:
+    w = server_world
+    make_staff(w, "tech-dev", Role.TECHNICIAN, TOWN, must_change=False)
+    browser = StaffBrowser(w.app)
+    browser.sign_in("tech-dev")
+    form = {"kind": "kiosk", "device_id": "K-NEW-1", "region": "C01-T01-V001", "slots": "1=X"}
+    bad = browser.post("/technician/devices", {**form, "public_key": "not-a-key"})
+    assert bad.status_code == 400 and 'id="public_key-error"' in browser.last_page
+    far = browser.post(
+        "/technician/devices", {**form, "public_key": random_public_key(), "region": OTHER_TOWN}
+    )
+    assert far.status_code == 400 and 'id="region-error"' in browser.last_page
+    made = browser.post(
+        "/technician/devices",
+        {**form, "public_key": random_public_key(), "slots": f"1={w.seed.product_sku}"},
+    )
+    assert made.status_code == 302, browser.last_page
+    # The fixture's kiosk K-0001 stands at the city: re-keying it is not this technician's.
+    taken = browser.post(
+        "/technician/devices", {**form, "device_id": "K-0001", "public_key": random_public_key()}
+    )
+    assert taken.status_code == 400 and 'id="device_id-error"' in browser.last_page
+    with w.sessionmaker() as session:
+        kiosk = session.get(Kiosk, "K-NEW-1")
+        assert kiosk is not None and kiosk.enabled
+        session.add(
+            StockEvent(
+                kiosk_id="K-NEW-1",
+                slot=1,
+                product_id=None,
+                kind="refill",
+                count_before=2,
+                count_after=40,
+                staff_card_guid="ab" * 16,
+                at=w.ctx.now() - dt.timedelta(hours=1),
+                recorded_at=w.ctx.now(),
+            )
+        )
+        session.commit()
+    page = browser.get("/technician/devices/K-NEW-1/refills")
+    assert page.status_code == 200 and "40" in browser.last_page and "abababab" in browser.last_page
+    assert browser.get("/technician/devices/K-0001/refills").status_code == 403

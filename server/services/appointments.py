@@ -116,7 +116,15 @@ def set_hours(
 
 
 def add_default_hours(session: Session, station_id: str) -> None:
-    """Monday to Friday, 08:00-17:00, 30-minute slots for one person (a new station)."""
+    """Monday to Friday, 08:00-17:00, 30-minute slots for one person (a new station; a
+    station re-keyed keeps the hours it has)."""
+    if (
+        session.scalar(
+            select(StationHours.weekday).where(StationHours.station_id == station_id).limit(1)
+        )
+        is not None
+    ):
+        return
     opens, closes, minutes, capacity = DEFAULT_HOURS
     for weekday in range(5):
         session.add(

@@ -19,7 +19,14 @@ from sqlalchemy.orm import Session, joinedload
 
 from cardsvc import requestsig
 from cardsvc.requestsig import canonical_json
-from server.errors import Forbidden, InvalidRequest, NotFound, ServiceUnavailable, Unprocessable
+from server.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    Unprocessable,
+)
 from server.services.appointments import add_default_hours
 from server.services.context import Context
 from server.services.fleet import note_heartbeat
@@ -35,6 +42,7 @@ from server.store.models import (
     Product,
     Region,
     StaffUser,
+    StockEvent,
 )
 
 # --- kiosk configuration and telemetry -------------------------------------------------------------
@@ -175,6 +183,7 @@ def add_kiosk(
     slots: Mapping[int, str],
     *,
     region_code: str | None = None,
+    actor: str = "cli",
 ) -> Kiosk:
     """Register a kiosk (or re-key an existing one) with its slots' SKUs. Commits."""
     try:
@@ -225,7 +234,7 @@ def add_kiosk(
     audit.append(
         session,
         at=now,
-        actor="cli",
+        actor=actor,
         action="kiosk.register",
         subject=f"kiosk:{kiosk_id}",
         detail={"slots": {str(s): p.sku for s, p in products.items()}, "region": region.code},
@@ -241,9 +250,12 @@ def add_station(
     public_key_b64: str,
     *,
     region_code: str | None = None,
+    actor: str = "cli",
 ) -> Kiosk:
     """Register a service station's desk device (signs like a kiosk, serves exams). Commits."""
-    station = add_kiosk(session, ctx, station_id, public_key_b64, {}, region_code=region_code)
+    station = add_kiosk(
+        session, ctx, station_id, public_key_b64, {}, region_code=region_code, actor=actor
+    )
     station.kind = "station"
     add_default_hours(session, station_id)
     session.commit()
@@ -270,3 +282,55 @@ def set_device_enabled(
             subject=f"{device.kind}:{device.id}",
         )
     return device
+
+
+def register_device(
+    session: Session,
+    ctx: Context,
+    user: StaffUser,
+    *,
+    kind: str,
+    device_id: str,
+    public_key_b64: str,
+    region_code: str,
+    slots: Mapping[int, str],
+) -> Kiosk:
+    """A technician registers (or re-keys) a kiosk or station in their area. Commits."""
+    region_id = session.scalar(select(Region.id).where(Region.code == region_code))
+    if region_id is None:
+        raise NotFound(f"no region {region_code}", code="region_unknown", field="region")
+    if not in_scope(session, user, region_id):
+        raise Forbidden("this place is outside your area", code="out_of_scope", field="region")
+    existing = session.get(Kiosk, device_id)
+    if existing is not None and (
+        existing.kind != kind or not in_scope(session, user, existing.region_id)
+    ):
+        raise Conflict(
+            f"{device_id} is registered elsewhere", code="kiosk_exists", field="device_id"
+        )
+    actor = f"user:{user.id}"
+    if kind == "station":
+        return add_station(
+            session, ctx, device_id, public_key_b64, region_code=region_code, actor=actor
+        )
+    return add_kiosk(
+        session, ctx, device_id, public_key_b64, slots, region_code=region_code, actor=actor
+    )
+
+
+def stock_events(session: Session, user: StaffUser, kiosk_id: str, *, limit: int = 50) -> list[Any]:
+    """A kiosk's refills and test dispenses, newest first (the kiosk in the user's area)."""
+    kiosk = session.get(Kiosk, kiosk_id)
+    if kiosk is None:
+        raise NotFound(f"no kiosk {kiosk_id}", code="kiosk_unknown")
+    if not in_scope(session, user, kiosk.region_id):
+        raise Forbidden("this kiosk is outside your area", code="out_of_scope")
+    return list(
+        session.execute(
+            select(StockEvent, Product.sku)
+            .outerjoin(Product, Product.id == StockEvent.product_id)
+            .where(StockEvent.kiosk_id == kiosk_id)
+            .order_by(StockEvent.at.desc(), StockEvent.id.desc())
+            .limit(limit)
+        ).all()
+    )

@@ -34,6 +34,9 @@ REFUSALS: dict[str, Any] = {
     "category_exists": _l("This code is taken."),
     "product_exists": _l("This code is taken."),
     "programme_exists": _l("This code is taken."),
+    "kiosk_exists": _l("This id is registered elsewhere."),
+    "public_key_invalid": _l("The key must be base64 of 32 bytes (Ed25519)."),
+    "sku_unknown": _l("There is no product with this SKU."),
 }
 
 

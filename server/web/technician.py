@@ -6,6 +6,8 @@ person shown is an audited read) and record couples.
     GET       /technician/residents/<id>     one resident (audited), their cards, their couple
     POST      /technician/residents/<id>/couple   record the resident's partner
     POST      /technician/residents/<id>/cards/<guid>/revoke   revoke a lost or stolen card
+    GET/POST  /technician/devices            register or re-key a kiosk or station in the area
+    GET       /technician/devices/<id>/refills   a kiosk's refills and test dispenses
 
 ID numbers are only ever shown masked (the last four characters); the full number is used once,
 to compute its keyed hash, and never stored or echoed back (the form field is emptied).
@@ -15,14 +17,15 @@ from __future__ import annotations
 
 from flask import flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
+from sqlalchemy import select
 from werkzeug.wrappers import Response
 from wtforms import DateField, RadioField, StringField
 from wtforms.validators import DataRequired, Length, Optional, Regexp
 
 from server.errors import ApiError, NotFound
-from server.services import people, stations
+from server.services import kiosks, people, stations
 from server.store.db import db
-from server.store.models import Role
+from server.store.models import Kiosk, Region, Role
 from server.web.access import ctx, page_of, query_int, roles_required, staff_user
 from server.web.base import register_navigation, staff_blueprint
 from server.web.forms import ID_NUMBER, PHONE, REGION_CODE, options, put_error
@@ -214,3 +217,100 @@ def revoke_card(resident_id: int, guid: str) -> Response:
         session.commit()
         flash(_("Card revoked. Kiosks refuse it from their next update."), "ok")
     return redirect(url_for("technician.resident", resident_id=resident_id))
+
+
+# --- kiosks and stations ----------------------------------------------------------------------------
+
+register_navigation(_l("Devices"), "technician.devices", Role.TECHNICIAN)
+
+DEVICE_ID = r"^[A-Za-z0-9_.-]{1,64}$"
+SLOTS = r"^\s*(\d{1,4}\s*=\s*[A-Za-z0-9_.-]{1,64}\s*)(,\s*\d{1,4}\s*=\s*[A-Za-z0-9_.-]{1,64}\s*)*$"
+
+
+class DeviceForm(FlaskForm):  # type: ignore[misc]
+    kind = RadioField(
+        _l("Kind"),
+        choices=options([("kiosk", _l("kiosk")), ("station", _l("service station desk"))]),
+        default="kiosk",
+        validators=[DataRequired()],
+    )
+    device_id = StringField(
+        _l("Device id"),
+        validators=[
+            DataRequired(),
+            Regexp(DEVICE_ID, message=_l("Letters, digits and . - _ only.")),
+        ],
+    )
+    public_key = StringField(
+        _l("Device key (base64, from the device's set-up)"),
+        validators=[DataRequired(), Length(max=64)],
+    )
+    region = StringField(
+        _l("Where it stands (region code)"),
+        validators=[
+            DataRequired(),
+            Regexp(REGION_CODE, message=_l("A region code, such as C01-T01.")),
+        ],
+    )
+    slots = StringField(
+        _l("Slots (kiosks: 1=SKU, 2=SKU)"),
+        validators=[Optional(), Regexp(SLOTS, message=_l("Write slots as 1=SKU, 2=SKU."))],
+    )
+
+
+@technician.route("/devices", methods=["GET", "POST"])
+@roles_required(*PEOPLE)
+def devices() -> Response | str | tuple[str, int]:
+    session = db.session
+    user = staff_user()
+    form = DeviceForm()
+    status = 200
+    if form.validate_on_submit():
+        slots = {
+            int(number): sku.strip()
+            for number, _, sku in (
+                part.partition("=") for part in (form.slots.data or "").split(",") if part.strip()
+            )
+        }
+        try:
+            kiosks.register_device(
+                session,
+                ctx(),
+                user,
+                kind=form.kind.data,
+                device_id=form.device_id.data,
+                public_key_b64=form.public_key.data.strip(),
+                region_code=form.region.data,
+                slots=slots,
+            )
+        except ApiError as exc:
+            session.rollback()
+            field = {"public_key_invalid": "public_key", "sku_unknown": "slots"}.get(exc.code)
+            put_error(form, exc, field)
+            status = 400
+        else:
+            flash(_("Registered. The device can now sign its requests."), "ok")
+            return redirect(url_for("technician.devices"))
+    elif request.method == "POST":
+        status = 400
+    query = select(Kiosk.id, Kiosk.kind, Kiosk.enabled, Region.code).join(
+        Region, Region.id == Kiosk.region_id
+    )
+    if user.region_id is not None:
+        query = query.where(Kiosk.region_id.in_(people.subtree_ids(session, user.region_id)))
+    listed = session.execute(
+        query.where(Kiosk.id > request.args.get("after", "")).order_by(Kiosk.id).limit(51)
+    ).all()
+    session.rollback()
+    return render_template(
+        "staff/devices.html", form=form, page=page_of(listed, lambda row: row[0], 50)
+    ), status
+
+
+@technician.get("/devices/<device_id>/refills")
+@roles_required(*PEOPLE)
+def refills(device_id: str) -> str:
+    session = db.session
+    events = kiosks.stock_events(session, staff_user(), device_id)
+    session.rollback()
+    return render_template("staff/refills.html", device_id=device_id, events=events)
