@@ -9,61 +9,10 @@ import json
 import pytest
 
 from firmware_protocols import onecard_v1 as p
-from firmware_protocols.simboard import Board, BoardConfig, BoardState, Faults, SlotConfig, Timings
+from firmware_protocols.simboard import Board, BoardState, Faults
+from tests.fixtures.firmware import Bench
 
 OC, S = p.Outcome, p.TxnState
-
-
-class Bench:
-    """A board on a test bench: send a message, let time pass, see what it said."""
-
-    def __init__(self, faults: Faults | None = None, counts: tuple[int, int] = (3, 0)) -> None:
-        self.config = BoardConfig(
-            slots=(SlotConfig(1, count=counts[0], capacity=5), SlotConfig(2, count=counts[1])),
-            timings=Timings(run_ms=10, drop_delay_ms=5, drop_window_ms=30, max_run_ms=80),
-        )
-        self.saved: list[dict[str, object]] = []
-        self.board = Board(
-            self.config,
-            BoardState.fresh(self.config),
-            faults,
-            persist=lambda st: self.saved.append(st.to_json()),
-        )
-        self.now = 0.0
-        self.seq = 0
-        self.events: list[p.Message] = [f.message for f in self.board.boot(self.now)]
-
-    def send(self, msg: p.Message, seq: int | None = None) -> p.Message:
-        if seq is None:
-            self.seq = self.seq % 255 + 1
-            seq = self.seq
-        out = self.board.handle(p.Frame(seq, msg), self.now)
-        assert out[0].seq == seq
-        self.events += [f.message for f in out[1:]]
-        return out[0].message
-
-    def wait(self, seconds: float = 1.0) -> list[p.Message]:
-        end = self.now + seconds
-        got: list[p.Message] = []
-        while (t := self.board.next_deadline()) is not None and t <= end:
-            self.now = t
-            got += [f.message for f in self.board.tick(t)]
-        self.now = end
-        got += [f.message for f in self.board.tick(end)]
-        self.events += got
-        return got
-
-    def dispense(self, slot: int, txn: int) -> p.TxnReport:
-        ack = self.send(p.Dispense(slot, txn))
-        assert isinstance(ack, p.DispenseAck), ack
-        if ack.state is S.DONE:
-            return ack
-        return self.dispense_result()
-
-    def dispense_result(self) -> p.TxnReport:
-        results = [m for m in self.wait() if isinstance(m, p.DispenseResult)]
-        assert len(results) == 1
-        return results[0]
 
 
 def test_power_up_event_on_boot() -> None:

@@ -32,8 +32,7 @@ from kiosk.board.modbus_rtu import POLL_INTERVAL
 from kiosk.board.serial_link import SerialLink
 from kiosk.journal import Journal, TxnState
 from tests.fixtures.board import FAST_TIMINGS, BoardSim
-from tests.test_board_firmware import Bench
-from tests.test_board_modbus import Unit
+from tests.fixtures.firmware import Bench, Unit
 
 OC, S = p.Outcome, p.TxnState
 SPEC = Path(__file__).resolve().parent.parent / "firmware_protocols" / "PROTOCOL.md"

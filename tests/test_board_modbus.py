@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from firmware_protocols import modbus_rtu as mb
 from firmware_protocols import onecard_v1 as p
 from firmware_protocols.crc import crc16_modbus
-from firmware_protocols.simboard import Board, BoardConfig, BoardState, SlotConfig, Timings
-from firmware_protocols.simboard_modbus import ModbusBoard
+from tests.fixtures.firmware import Unit
 
 REQUESTS = [
     ("01 03 00 00 00 0a c5 cd", mb.ReadHolding(1, 0, 10)),  # the Modbus spec's own example
@@ -59,39 +58,6 @@ def test_reader_never_raises(data: bytes) -> None:
     reader.feed(data)
     reader.flush()
     assert reader.pending == 0
-
-
-class Unit:
-    def __init__(self) -> None:
-        config = BoardConfig(
-            slots=(SlotConfig(1, count=2, capacity=5), SlotConfig(4, count=0, capacity=9)),
-            timings=Timings(run_ms=10, drop_delay_ms=5, drop_window_ms=30),
-        )
-        self.board = Board(config, BoardState.fresh(config))
-        self.board.boot(0.0)
-        self.server = ModbusBoard(self.board)
-        self.now = 0.0
-
-    def ask(self, request: mb.Request) -> bytes | None:
-        return self.server.handle(request, self.now)
-
-    def read(self, address: int, count: int) -> list[int]:
-        raw = self.ask(mb.ReadHolding(1, address, count))
-        assert raw is not None and raw[1] == 3, raw
-        assert crc16_modbus(raw[:-2]) == int.from_bytes(raw[-2:], "little")
-        return [int.from_bytes(raw[3 + 2 * i : 5 + 2 * i], "big") for i in range(count)]
-
-    def write(self, address: int, *values: int) -> bytes:
-        raw = self.ask(mb.WriteRegisters(1, 16, address, values))
-        assert raw is not None
-        return raw
-
-    def run(self, seconds: float) -> None:
-        end = self.now + seconds
-        while (t := self.board.next_deadline()) is not None and t <= end:
-            self.now = t
-            self.board.tick(t)
-        self.now = end
 
 
 def test_register_map_identity_and_stock() -> None:
