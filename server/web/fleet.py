@@ -85,6 +85,7 @@ def overview() -> str:
     pages = max(1, -(-len(rows) // PAGE_ROWS))
     page = min(max(1, query_int("page", 1)), pages)
     counts = Counter(row.connection.value for row in rows)
+    states = {state: str(word) for state, word in STATE_WORDS.items()}  # once, not per kiosk
     points = [
         MapPoint(
             row.kiosk_id,
@@ -92,7 +93,7 @@ def overview() -> str:
             row.longitude,
             row.town_name,
             row.connection.value,
-            f"{row.kiosk_id} · {row.region_name} · {STATE_WORDS[row.connection.value]}",
+            f"{row.kiosk_id} · {row.region_name} · {states[row.connection.value]}",
         )
         for row in rows
         if row.latitude is not None and row.longitude is not None
@@ -119,6 +120,7 @@ def overview() -> str:
         unplaced=unplaced,
         now=now,
         minutes_ago=lambda moment: _minutes_ago(moment, now),
+        states=states,
         action=ActionForm(),
     )
 
