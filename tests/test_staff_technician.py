@@ -8,8 +8,17 @@ import datetime as dt
 
 from sqlalchemy import select
 
-from server.services import stations
-from server.store.models import AuditEntry, Card, CardStatus, Kiosk, Resident, Role, StockEvent
+from server.services import people, stations
+from server.store.models import (
+    AuditEntry,
+    Card,
+    CardStatus,
+    Couple,
+    Kiosk,
+    Resident,
+    Role,
+    StockEvent,
+)
 from tests.fixtures.database import ServerWorld
 from tests.staff_browser import StaffBrowser, make_staff
 from tests.test_station_page import random_public_key
@@ -158,3 +167,41 @@ def test_a_technician_registers_a_kiosk_in_the_area_and_sees_its_refills(
     page = browser.get("/technician/devices/K-NEW-1/refills")
     assert page.status_code == 200 and "40" in browser.last_page and "abababab" in browser.last_page
     assert browser.get("/technician/devices/K-0001/refills").status_code == 403
+
+
+def test_a_couple_is_recorded_from_the_residents_page(server_world: ServerWorld) -> None:
+    w = server_world
+    with w.sessionmaker() as session:
+        partner = people.enrol_resident(
+            session,
+            w.ctx,
+            name="Wang Gang",
+            sex="M",
+            birth_date=dt.date(1990, 2, 3),
+            phone=None,
+            id_number="PARTNER0000042",
+            region_id=w.seed.village_region_id,
+        )
+        session.commit()
+    make_staff(w, "tech-c", Role.TECHNICIAN, TOWN, must_change=False)
+    browser = StaffBrowser(w.app)
+    browser.sign_in("tech-c")
+    resident = w.seed.resident_id
+    unknown = browser.post(
+        f"/technician/residents/{resident}/couple",
+        {"partner_id_number": "NOBODY99999"},
+        csrf_from=f"/technician/residents/{resident}",
+    )
+    assert unknown.status_code == 400 and 'id="partner_id_number-error"' in browser.last_page
+    done = browser.post(
+        f"/technician/residents/{resident}/couple",
+        {"partner_id_number": "partner 0000 042", "planning_since": "2026-10-01"},
+        csrf_from=f"/technician/residents/{resident}",
+    )
+    assert done.status_code == 302, browser.last_page
+    page = browser.get(f"/technician/residents/{resident}").get_data(as_text=True)
+    assert "*" * 14 + "0042" in page and "PARTNER0000042" not in page
+    with w.sessionmaker() as session:
+        assert partner.id in {
+            c for (c,) in session.execute(select(Couple.partner_b_id).where(Couple.active))
+        }
