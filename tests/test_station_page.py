@@ -12,7 +12,6 @@ import base64
 import datetime as dt
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -27,17 +26,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from server import services
+from tests import pages
 from tests.fixtures.database import ServerWorld, TestCard
+from tests.pages import chromium, page_in
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 STATION = "ST-DESK-01"
 VILLAGE = "C01-T01-V001"
 TOWN = "C01-T01"
@@ -270,8 +263,6 @@ def server_cli(env: dict[str, str], *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory, pcscd: object) -> Iterator[Stage]:
-    if not CHROMIUM.exists():
-        pytest.fail("Chromium is missing: apt-get install chromium (scripts/system-deps.sh)")
     from onecard.platform import start_platform
 
     base = tmp_path_factory.mktemp("station-page")
@@ -297,26 +288,8 @@ def stage(tmp_path_factory: pytest.TempPathFactory, pcscd: object) -> Iterator[S
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@contextmanager
-def page_in(browser: Any, locale: str) -> Iterator[Any]:
-    """A fresh browser profile (its own localStorage) whose preferred language is `locale`."""
-    context = browser.new_context(viewport={"width": 1100, "height": 760}, locale=locale)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
@@ -391,14 +364,7 @@ def wait_for_message(page: Any, text: str) -> None:
 
 
 def shot(page: Any, stage: Stage, name: str) -> Path:
-    stage.shots.mkdir(exist_ok=True)
-    path = stage.shots / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("ONECARD_SCREENSHOTS"):  # keep them to look at
-        keep = Path(os.environ["ONECARD_SCREENSHOTS"])
-        keep.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, keep / path.name)
-    return path
+    return pages.shot(page, stage.shots, name)
 
 
 def exam_rows(database_url: str) -> list[tuple[str | None, str]]:
@@ -499,6 +465,8 @@ def test_the_page_says_when_the_card_service_is_not_running(stage: Stage, page: 
     from onecard.procs import free_port
 
     port = free_port()
+    page.goto(f"{stage.server_url}/station")
+    pages.assert_accessible(page)  # the sign-in form
     open_desk(page, stage, f"http://127.0.0.1:{port}", shoot="0-sign-in")
     wait_for(page, "body[data-service=down]")
     wait_for_message(page, "The card service is not running on this computer")
@@ -621,6 +589,7 @@ def test_the_desk_speaks_the_browsers_language(
             body = page.inner_text("body")
             assert [w for w in words.absent if w in body] == []
             shot(page, stage, f"6-refused-{locale}")
+            pages.assert_accessible(page)
 
             # Codes this page does not know: the server's words, or the code itself.
             def unknown_reason(route: Any) -> None:
