@@ -104,6 +104,23 @@ def format_result(result: TapResult) -> str:
     return "\n".join(lines)
 
 
+def continue_txn_ids_above_board(journal: Journal, board: BoardDriver) -> None:
+    """Number new transactions above the highest id the board has recorded (PROTOCOL.md 6.2),
+    so a journal that was lost or restored from an old copy never reuses an id the board would
+    answer with an old outcome. A board that does not answer now is asked again at its first
+    dispense: its driver refuses an id it has recorded (TxnIdReusedError), nothing is sent."""
+    try:
+        next_id = journal.continue_txn_ids_above(board.last_txn_id())
+    except BoardError as exc:
+        log.warning(
+            "board did not say its last transaction id at start (%s); checked at the first "
+            "dispense",
+            exc,
+        )
+        return
+    log.info("transaction ids continue at %d, above the board's last recorded one", next_id)
+
+
 def run(
     config: KioskConfig,
     *,
@@ -118,6 +135,7 @@ def run(
     with ExitStack() as stack:
         journal = stack.enter_context(Journal(config.data_dir / "journal.sqlite3"))
         board = stack.enter_context(closing(open_board(config.board_device, config.board_protocol)))
+        continue_txn_ids_above_board(journal, board)
         server = stack.enter_context(
             ServerClient(
                 config.server_url,

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from cardsvc.ca import CardCA
 from cardsvc.pcsc import PcscReader
+from kiosk.app import continue_txn_ids_above_board
 from kiosk.board import BoardDriver, open_board
 from kiosk.client import ServerClient
 from kiosk.identity import load_or_create_device_key, public_key_b64
@@ -280,6 +281,7 @@ def _open_kiosk(
     device_key = load_or_create_device_key(data_dir / "kiosk")
     journal = stack.enter_context(Journal(data_dir / "kiosk" / "journal.sqlite3"))
     board = stack.enter_context(closing(open_board(device)))
+    continue_txn_ids_above_board(journal, board)
     client = stack.enter_context(ServerClient(server_url, KIOSK_ID, device_key))
     revocations = open_revocation_list(data_dir / "kiosk")
     if revocations is None:
