@@ -86,11 +86,19 @@ assets = Blueprint("staff_assets", __name__, static_folder="static", static_url_
 
 @login_manager.user_loader
 def _load_principal(token: str) -> Principal | None:
-    """The session behind the cookie, checked on its own short transaction (it may end an idle
-    session, and must not mix with the page's own work)."""
+    """The session behind the cookie, checked and committed before the page's own work (it may
+    end an idle session). Flask-Login asks at the request's first look at `current_user`: the
+    page checks and the desk's calls look first, so the request's database session is free;
+    should it hold work already, the check runs on a session of its own."""
     settings: WebSettings = current_app.extensions[EXTENSION]
-    with db.bound(current_app).sessionmaker() as session:
-        signed_in = live_session(session, context_of(current_app), token, settings.idle)
+    ctx = context_of(current_app)
+    session = db.session
+    if session.new or session.dirty or session.deleted:
+        with db.bound(current_app).sessionmaker() as own:
+            signed_in = live_session(own, ctx, token, settings.idle)
+            own.commit()
+    else:
+        signed_in = live_session(session, ctx, token, settings.idle)
         session.commit()
     return Principal(token, signed_in) if signed_in is not None else None
 
