@@ -331,3 +331,9 @@ def test_raw_bytes_to_a_kiosk_call_are_a_4xx(server_world: ServerWorld, raw: byt
 @pytest.mark.parametrize("path", ["/api/v1/health", "/api/v1/openapi.json", "/api/v1/server-key"])
 def test_public_documents_need_no_credentials(server_world: ServerWorld, path: str) -> None:
     assert server_world.client.get(path).status_code == 200
+
+
+def test_a_device_request_neither_reads_nor_sets_a_browser_session(server_world: ServerWorld) -> None:
+    answer = server_world.authorize()
+    assert answer.status_code == 200
+    assert "Set-Cookie" not in answer.headers and "Vary" not in answer.headers

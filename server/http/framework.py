@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -426,6 +427,17 @@ class Hex32Converter(BaseConverter):
 
 # --- wiring --------------------------------------------------------------------------------------
 
+
+class DeviceAwareSessions(SecureCookieSessionInterface):
+    """A device's signed request never has a browser session: none is read from a cookie or
+    written back (no cookie parsing and signing on the kiosk hot path, no `Vary: Cookie`)."""
+
+    def open_session(self, app: Flask, request: Any) -> SessionMixin | None:
+        if requestsig.HEADER_SIGNATURE in request.headers:
+            return self.make_null_session(app)
+        return super().open_session(app, request)
+
+
 NO_STORE_PREFIXES = ("/api/", "/staff/")
 
 
@@ -446,6 +458,7 @@ def _refuse_nul_in_query() -> None:
 
 def init_app(app: Flask, context: services.Context) -> None:
     app.extensions[CONTEXT_KEY] = context
+    app.session_interface = DeviceAwareSessions()
     app.url_map.converters["dbid"] = DbIdConverter
     app.url_map.converters["hex32"] = Hex32Converter
     app.before_request(_refuse_nul_in_query)
