@@ -1,5 +1,6 @@
 """The demo's server side, readied in one call (`onecard demo`, the tests): the schema migrated,
-the demo city seeded, the kiosk registered, a technician created. It builds the application to
+the demo city seeded, the kiosk registered, a technician's token and one staff sign-in per role
+created. It builds the application to
 do so, which is why it lives beside server.app and not among the services.
 """
 
@@ -10,13 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from server.app import context_of, create_app
 from server.services import DemoSeed, add_kiosk, create_user, seed_demo
+from server.services.staff_auth import bootstrap_user
 from server.store.db import db
 from server.store.migrate import upgrade
-from server.store.models import KioskSlot, Role
+from server.store.models import KioskSlot, Role, StaffUser
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,19 @@ class PreparedDemo:
     kiosk_id: str
     slot: int
     seed: DemoSeed
+    # (name, role, password) of the demo's staff, one per role, to try every page
+    staff: tuple[tuple[str, str, str], ...] = ()
+
+
+# The demo city's staff: one per role, city-wide, with a password printed by the demo (a demo
+# database only; a real city's first administrator comes from `onecard server create-user`).
+DEMO_STAFF = (
+    ("demo-admin", Role.ADMINISTRATOR),
+    ("demo-technician", Role.TECHNICIAN),
+    ("demo-nurse", Role.STATION_STAFF),
+    ("demo-auditor", Role.AUDITOR),
+)
+DEMO_PASSWORD = "onecard-demo-2026"
 
 
 def prepare_demo(
@@ -65,6 +80,18 @@ def prepare_demo(
             token = create_user(
                 session, ctx, f"demo-technician-{secrets.token_hex(4)}", Role.TECHNICIAN
             )
+            for name, role in DEMO_STAFF:
+                if session.scalar(select(StaffUser.id).where(StaffUser.name == name)) is None:
+                    bootstrap_user(
+                        session,
+                        ctx,
+                        name=name,
+                        role=role,
+                        region_code=None,
+                        password=DEMO_PASSWORD,
+                        must_change=False,
+                    )
+            session.commit()
     finally:
         db.dispose(app)
     return PreparedDemo(
@@ -76,4 +103,5 @@ def prepare_demo(
         kiosk_id=kiosk_id,
         slot=slot,
         seed=seed,
+        staff=tuple((name, role.value, DEMO_PASSWORD) for name, role in DEMO_STAFF),
     )

@@ -14,12 +14,14 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from server import services
+from server.app import context_of, create_app
 from server.demo import prepare_demo
-from server.store import audit
-from server.store.db import make_engine
 from server.errors import Conflict
+from server.services import staff_auth
+from server.store import audit
+from server.store.db import db, make_engine
 from server.store.migrate import downgrade, upgrade
-from server.store.models import AuditEntry, Base, Resident
+from server.store.models import AuditEntry, Base, Resident, Role
 from tests.fixtures.database import ServerWorld, TestKiosk
 
 
@@ -186,6 +188,15 @@ def test_prepare_demo(database_url: str, tmp_path: Path) -> None:
     assert first.limit == 3 and first.category == "condoms"
     assert again.resident_id != first.resident_id  # each run starts with a full allowance
     assert first.technician_token != again.technician_token
+    assert {role for _name, role, _password in again.staff} == {r.value for r in Role}
+    app = create_app({**config, "ONECARD_DATABASE_URL": database_url})
+    try:
+        with db.bound(app).sessionmaker() as session:
+            for name, _role, password in again.staff:  # each demo sign-in works
+                signed = staff_auth.sign_in(session, context_of(app), name, password, "127.0.0.1")
+                assert signed.token is not None, (name, signed.refusal)
+    finally:
+        db.dispose(app)
 
 
 def test_processes_sharing_a_sqlite_database_share_its_development_keys(tmp_path: Path) -> None:
