@@ -110,6 +110,34 @@ def _open_screen(
     )
 
 
+# The staff pages, by who uses them (sign in first at /sign-in with a demo sign-in).
+STAFF_PAGES = (
+    ("everyone", "/sign-in", "sign in, then your role's home page"),
+    ("nurse", "/station", "the station desk (taps need `onecard cardsvc serve` on the desk)"),
+    ("nurse", "/nurse/appointments", "appointments per station and day"),
+    ("technician", "/technician/enrol", "enrol a resident"),
+    ("technician", "/technician/residents", "find a resident (masked ID numbers, audited)"),
+    ("administrator", "/admin/users", "staff users, roles and areas"),
+    ("administrator", "/admin/rules", "entitlement rules of the area"),
+    ("administrator", "/admin/regions", "the region tree, CSV import"),
+    ("administrator", "/admin/stations", "stations and kiosks"),
+    ("administrator", "/admin/catalogue", "products, categories, exam programmes"),
+    ("administrator", "/fleet", "every kiosk's state, map, alerts, restock list"),
+    ("administrator", "/reports", "reports with plots, CSV and DHIS2 export"),
+    ("auditor", "/audit", "the audit log, the chain verified on demand"),
+    ("scripts", "/api/v1/openapi.json", "the JSON API's document"),
+)
+
+
+def say_staff_pages(server_url: str, sign_ins: tuple[tuple[str, str, str], ...]) -> None:
+    say("  staff pages (Simplified Chinese first; English one click away):")
+    for who, path, what in STAFF_PAGES:
+        say(f"    {server_url}{path:<24} {who:<14} {what}")
+    say("  demo sign-ins (name / password):")
+    for name, role, password in sign_ins:
+        say(f"    {role:<14} {name} / {password}")
+
+
 def _stay_up(
     p: Platform, screen: ScreenKiosk, results: list[TapResult], stop: threading.Event
 ) -> None:
@@ -124,6 +152,7 @@ def _stay_up(
     say(f"  card         vpcd 127.0.0.1:{VPCD_PORT}, reader {READER!r}")
     say(f"  tap the card printf 'insert\\n' | nc 127.0.0.1 {p.card_control_port}   (then 'remove')")
     say(f"  kiosk        serving taps in this process; its screen: {screen.screen.url}")
+    say_staff_pages(p.server_url, p.seed.staff)
     say("Press Ctrl-C to stop everything.")
     shown = len(results)
     while not stop.is_set():
