@@ -8,7 +8,7 @@ import datetime as dt
 
 from sqlalchemy import select
 
-from server.services import people, stations
+from server.services import kiosks, people, stations
 from server.store.models import (
     AuditEntry,
     Card,
@@ -19,7 +19,7 @@ from server.store.models import (
     Role,
     StockEvent,
 )
-from tests.fixtures.database import ServerWorld
+from tests.fixtures.database import ServerWorld, TestKiosk
 from tests.staff_browser import StaffBrowser, make_staff
 from tests.test_station_page import random_public_key
 
@@ -205,3 +205,39 @@ def test_a_couple_is_recorded_from_the_residents_page(server_world: ServerWorld)
         assert partner.id in {
             c for (c,) in session.execute(select(Couple.partner_b_id).where(Couple.active))
         }
+
+
+def test_an_administrator_disables_and_enables_a_kiosk_of_the_area(
+    server_world: ServerWorld,
+) -> None:
+    w = server_world
+    town_kiosk = kiosk_in(w, "K-TOWN-9", "C01-T01-V001")
+    make_staff(w, "admin-dev", Role.ADMINISTRATOR, TOWN, must_change=False)
+    browser = StaffBrowser(w.app)
+    browser.sign_in("admin-dev")
+    listing = browser.get("/technician/devices").get_data(as_text=True)
+    assert 'data-device="K-TOWN-9"' in listing and 'data-device="K-0001"' not in listing
+    browser.post("/technician/devices/K-TOWN-9/toggle", {}, csrf_from="/technician/devices")
+    with w.sessionmaker() as session:
+        assert session.get(Kiosk, "K-TOWN-9").enabled is False  # type: ignore[union-attr]
+    refused = w.authorize(kiosk=town_kiosk)
+    assert refused.status_code in (401, 403)  # a disabled kiosk's requests are refused
+    browser.post("/technician/devices/K-0001/toggle", {}, csrf_from="/technician/devices")
+    with w.sessionmaker() as session:
+        assert session.get(Kiosk, "K-0001").enabled is True  # type: ignore[union-attr]
+    browser.post("/technician/devices/K-TOWN-9/toggle", {}, csrf_from="/technician/devices")
+    assert w.authorize(kiosk=town_kiosk).get_json()["approved"] is True
+
+
+def kiosk_in(w: ServerWorld, kiosk_id: str, region: str) -> TestKiosk:
+    kiosk = TestKiosk(kiosk_id)
+    with w.sessionmaker() as session:
+        kiosks.add_kiosk(
+            session,
+            w.ctx,
+            kiosk.id,
+            kiosk.public_key_b64,
+            {1: w.seed.product_sku},
+            region_code=region,
+        )
+    return kiosk

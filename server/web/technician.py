@@ -8,6 +8,7 @@ person shown is an audited read) and record couples.
     POST      /technician/residents/<id>/cards/<guid>/revoke   revoke a lost or stolen card
     GET/POST  /technician/devices            register or re-key a kiosk or station in the area
     GET       /technician/devices/<id>/refills   a kiosk's refills and test dispenses
+    POST      /technician/devices/<id>/toggle    (administrators) enable or disable a device
 
 ID numbers are only ever shown masked (the last four characters); the full number is used once,
 to compute its keyed hash, and never stored or echoed back (the form field is emptied).
@@ -221,7 +222,7 @@ def revoke_card(resident_id: int, guid: str) -> Response:
 
 # --- kiosks and stations ----------------------------------------------------------------------------
 
-register_navigation(_l("Devices"), "technician.devices", Role.TECHNICIAN)
+register_navigation(_l("Devices"), "technician.devices", Role.TECHNICIAN, Role.ADMINISTRATOR)
 
 DEVICE_ID = r"^[A-Za-z0-9_.-]{1,64}$"
 SLOTS = r"^\s*(\d{1,4}\s*=\s*[A-Za-z0-9_.-]{1,64}\s*)(,\s*\d{1,4}\s*=\s*[A-Za-z0-9_.-]{1,64}\s*)*$"
@@ -305,6 +306,25 @@ def devices() -> Response | str | tuple[str, int]:
     return render_template(
         "staff/devices.html", form=form, page=page_of(listed, lambda row: row[0], 50)
     ), status
+
+
+@technician.post("/devices/<device_id>/toggle")
+@roles_required(Role.ADMINISTRATOR)
+def toggle_device(device_id: str) -> Response:
+    """An administrator enables or disables a kiosk or station of their area."""
+    session = db.session
+    device = session.get(Kiosk, device_id)
+    try:
+        if device is None:
+            raise NotFound(f"no device {device_id}", code="kiosk_unknown")
+        kiosks.set_device_enabled(session, ctx(), staff_user(), device_id, not device.enabled)
+    except ApiError:
+        session.rollback()
+        flash(_("This device is not yours to change."), "bad")
+    else:
+        session.commit()
+        flash(_("Saved."), "ok")
+    return redirect(url_for("technician.devices"))
 
 
 @technician.get("/devices/<device_id>/refills")
