@@ -52,6 +52,7 @@ from kiosk.screen.server import ScreenServer
 from kiosk.screen.speech import Speaker
 from kiosk.screen.words import Words
 from kiosk.session import TIMEOUTS, Screen, ScreenSession
+from kiosk.stock_outbox import SEND_EVERY_S, StockOutbox
 from kiosk.tap import Kiosk, TapResult
 from kiosk.telemetry import CONFIG_EVERY_S, HEARTBEAT_EVERY_S, Chore, Chores, Heartbeat
 
@@ -159,6 +160,9 @@ def run(
             revoked=revocations.revoked if revocations is not None else frozenset,
             offline=OfflineMode(journal, lambda: signed.current, lambda: server.last_contact),
         )
+        # Stock events from maintenance wait here until the server has them (also from an
+        # earlier run: sent by the chores whether or not this run has a screen).
+        outbox = stack.enter_context(StockOutbox(journal.path, server))
         heartbeat = Heartbeat(
             server,
             board,
@@ -174,6 +178,7 @@ def run(
                     Chore("telemetry", config.heartbeat_every_s, heartbeat.send),
                     # Also in recover(); here too so a blackholed server holds up no tap.
                     Chore("offline-sync", OFFLINE_SYNC_EVERY_S, kiosk.offline_sync.sync),
+                    Chore("stock-events", SEND_EVERY_S, outbox.send_pending),
                 ]
             )
         )
@@ -193,6 +198,7 @@ def run(
             stop=stop,
             report=report,
             speech_wav_dir=config.speech_wav_dir,
+            stock_events=outbox,
         )
         print(f"kiosk screen: {parts.screen.url}", flush=True)
         serve(kiosk, reader, 0, stop, report, attendant=parts.attendant)
@@ -223,16 +229,22 @@ def open_screen(
     speech_wav_dir: Path | None = None,
     timeouts: Mapping[Screen, float | None] = TIMEOUTS,
     result_min_s: float = RESULT_MIN_S,
+    stock_events: StockOutbox | None = None,
 ) -> ScreenKiosk:
     """The screen session, its attendant (with maintenance mode) and the page server on
-    127.0.0.1:`port`, started; the server is closed when `stack` closes."""
+    127.0.0.1:`port`, started; the server is closed when `stack` closes. Maintenance's stock
+    events go through `stock_events` (by default an outbox in the journal's file, whose
+    waiting events are then sent at the next event: `kiosk run` also sends them from its
+    chores)."""
+    if stock_events is None:
+        stock_events = stack.enter_context(StockOutbox(kiosk.journal.path, server))
     words = Words()
     session = ScreenSession(timeouts=timeouts)
     speaker = Speaker(words, wav_dir=speech_wav_dir)
     session.subscribe(speaker)
     stock = StockBook(board)
     maintenance = Maintenance(
-        session, board, server, slots, test_txn_ids(kiosk.journal), on_stock=stock.set
+        session, board, stock_events, slots, test_txn_ids(kiosk.journal), on_stock=stock.set
     )
     attendant = Attendant(
         kiosk,

@@ -10,8 +10,10 @@ The maintenance screen shows each slot's product (the signed configuration), the
 and capacity, the door and the board's fault bits, and offers per slot:
 - refill: the board's count set to the slot's capacity through the driver (SET_STOCK on
   onecard-v1; a board whose driver cannot set its stock is said so, and nothing changes), and a
-  stock event posted to the server (POST /api/v1/stock-events, signed by the kiosk, with the
-  staff card's proof and certificate, so the server records who refilled what and when);
+  stock event for the server (POST /api/v1/stock-events, signed by the kiosk, with the staff
+  card's proof and certificate, so the server records who refilled what and when), kept in the
+  kiosk's outbox before it is sent (kiosk.stock_outbox): a server that cannot be reached gets
+  it later from the kiosk's chores, and the screen says so;
 - test dispense: the motor and the drop sensor tried on one item, with a board transaction id
   from the journal's sequence (so it never collides with a resident's), charged to nobody (no
   authorization exists), and reported as a stock event;
@@ -24,17 +26,16 @@ from __future__ import annotations
 import base64
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from cardsvc.errors import CardError, InvalidPinError, PinBlockedError
 from kiosk.board import BoardDriver, BoardError
 from kiosk.config_sync import SlotConfig
-from kiosk.errors import ServerProblemError, ServerUnavailableError
 from kiosk.journal import Journal
 from kiosk.screen.words import N_, phrase
 from kiosk.session import Screen, ScreenSession
+from kiosk.stock_outbox import PENDING, SENT
 from kiosk.tap import CheckedCard
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,19 @@ log = logging.getLogger(__name__)
 POLL_S = 0.1
 
 REFILLED = N_("Slot {slot} refilled: {count} items, recorded at the server.")
-REFILLED_UNRECORDED = N_(
-    "Slot {slot} refilled: {count} items; the server will be told when it can be reached."
+REFILLED_QUEUED = N_(
+    "Slot {slot} refilled: {count} items, recorded on this kiosk; it will be sent when the "
+    "server can be reached."
+)
+REFILLED_REFUSED = N_(
+    "Slot {slot} refilled: {count} items; the server refused the record ({code}), which is "
+    "kept on this kiosk."
+)
+TEST_QUEUED = N_(
+    "The test dispense is recorded on this kiosk; it will be sent when the server can be reached."
+)
+TEST_REFUSED = N_(
+    "The server refused the test dispense's record ({code}); it is kept on this kiosk."
 )
 CANNOT_SET_STOCK = N_("This board cannot set its stock: slot {slot} was not changed.")
 TESTED = N_("Test dispense from slot {slot}: {outcome}. Nobody was charged.")
@@ -73,8 +85,12 @@ def test_txn_ids(journal: Journal) -> Callable[[], int]:
     return next_id
 
 
-class StockServer(Protocol):
-    def stock_event(self, event: dict[str, Any], idempotency_key: str) -> dict[str, Any]: ...
+class StockEvents(Protocol):
+    """Where stock events go (kiosk.stock_outbox.StockOutbox): `record` keeps the event, tries
+    to send it, and returns its state (sent, pending or rejected) and the server's code if
+    it refused it."""
+
+    def record(self, event: dict[str, Any]) -> tuple[str, str | None]: ...
 
 
 class Maintenance:
@@ -82,7 +98,7 @@ class Maintenance:
         self,
         session: ScreenSession,
         board: BoardDriver,
-        server: StockServer,
+        stock_events: StockEvents,
         slots: Callable[[], Mapping[int, SlotConfig]],
         next_board_txn_id: Callable[[], int],
         *,
@@ -90,7 +106,7 @@ class Maintenance:
     ) -> None:
         self.session = session
         self.board = board
-        self.server = server
+        self.stock_events = stock_events
         self.slots = slots
         self.next_board_txn_id = next_board_txn_id
         self.on_stock = on_stock  # the attendant's stock book follows the board
@@ -114,7 +130,7 @@ class Maintenance:
                 if kind == "refill":
                     notice = [self._refill(card, slot)]
                 elif kind == "test_dispense":
-                    notice = [self._test_dispense(card, slot)]
+                    notice = self._test_dispense(card, slot)
 
     # ----------------------------------------------------------------- the PIN
 
@@ -199,20 +215,29 @@ class Maintenance:
         except BoardError as exc:
             return phrase(BOARD_SILENT, error=str(exc))
         self.on_stock(slot, after)
-        recorded = self._record(card, "refill", slot, before, after)
-        return phrase(REFILLED if recorded else REFILLED_UNRECORDED, slot=slot, count=after)
+        state, code = self._record(card, "refill", slot, before, after)
+        if state == SENT:
+            return phrase(REFILLED, slot=slot, count=after)
+        if state == PENDING:
+            return phrase(REFILLED_QUEUED, slot=slot, count=after)
+        return phrase(REFILLED_REFUSED, slot=slot, count=after, code=code or "")
 
-    def _test_dispense(self, card: CheckedCard, slot: int) -> Any:
+    def _test_dispense(self, card: CheckedCard, slot: int) -> list[Any]:
         try:
             before = self.board.stock().get(slot)
             result = self.board.dispense(slot, self.next_board_txn_id())
         except BoardError as exc:
-            return phrase(BOARD_SILENT, error=str(exc))
+            return [phrase(BOARD_SILENT, error=str(exc))]
         self.on_stock(slot, result.remaining)
-        if result.dispensed:
-            self._record(card, "test_dispense", slot, before, result.remaining)
         outcome = str(result.outcome)
-        return phrase(TESTED, slot=slot, outcome=phrase(OUTCOMES.get(outcome, outcome)))
+        said = [phrase(TESTED, slot=slot, outcome=phrase(OUTCOMES.get(outcome, outcome)))]
+        if result.dispensed:
+            state, code = self._record(card, "test_dispense", slot, before, result.remaining)
+            if state == PENDING:
+                said.append(phrase(TEST_QUEUED))
+            elif state != SENT:
+                said.append(phrase(TEST_REFUSED, code=code or ""))
+        return said
 
     def _clear_faults(self) -> Any:
         reset = getattr(self.board, "reset", None)
@@ -226,9 +251,10 @@ class Maintenance:
 
     def _record(
         self, card: CheckedCard, kind: str, slot: int, before: int | None, after: int | None
-    ) -> bool:
-        """A stock event at the server; False when it could not be told (the heartbeat still
-        carries the board's stock)."""
+    ) -> tuple[str, str | None]:
+        """A stock event, kept on the kiosk and sent (now or by the chores later): its state
+        and the server's refusal code if any. `at_ms` is the event's own time, by which the
+        server judges the staff card's tap however late the event arrives."""
         config = self.slots().get(slot)
         event = {
             "kind": kind,
@@ -240,9 +266,7 @@ class Maintenance:
             "staff_proof": card.proof,
             "staff_certificate": base64.b64encode(card.certificate_der).decode(),
         }
-        try:
-            self.server.stock_event(event, uuid.uuid4().hex)
-        except (ServerUnavailableError, ServerProblemError) as exc:
-            log.warning("stock event not recorded at the server: %s", exc)
-            return False
-        return True
+        state, code = self.stock_events.record(event)
+        if state != SENT:
+            log.warning("stock event %s at the server: %s", state, code or "not yet sent")
+        return state, code

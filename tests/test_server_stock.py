@@ -5,50 +5,17 @@ slot, product and counts, and the slot's stock at the server follows."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import secrets
-import uuid
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
-from cardsvc.verify import STAFF_CARD_POLICY
 from server.errors import ApiError
 from server.services import stock
 from server.store.models import AuditEntry, KioskSlot, StockEvent
 from tests.fixtures.database import CityCA, ServerWorld, TestCard
-
-
-class StaffCard(TestCard):
-    """A card whose certificate carries the staff policy, as cardsvc.ca issues staff cards."""
-
-    def __init__(self, ca: CityCA) -> None:
-        super().__init__(ca)
-        guid = uuid.UUID(bytes=self.guid)
-        self.certificate_der = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(guid))]))
-            .issuer_name(ca.name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(dt.datetime(2021, 1, 1, tzinfo=dt.UTC))
-            .not_valid_after(dt.datetime(2036, 1, 1, tzinfo=dt.UTC))
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"urn:uuid:{guid}")]),
-                critical=False,
-            )
-            .add_extension(
-                x509.CertificatePolicies([x509.PolicyInformation(STAFF_CARD_POLICY, None)]),
-                critical=False,
-            )
-            .sign(ca.key, hashes.SHA256())
-            .public_bytes(Encoding.DER)
-        )
+from tests.fixtures.staff_card import StaffCard
 
 
 def event(
@@ -106,3 +73,40 @@ def test_only_a_fresh_staff_card_of_the_city_may_record(server_world: ServerWorl
     assert refused(w, event(w, StaffCard(w.ca), kind="theft")) == (400, "field_invalid")
     with w.sessionmaker() as session:
         assert session.scalars(select(StockEvent)).all() == []
+
+
+def test_a_queued_event_is_judged_by_its_own_time_and_sets_no_stale_stock(
+    server_world: ServerWorld,
+) -> None:
+    """A kiosk's outbox sends an event when the server is back, hours after the tap: the tap's
+    age counts from the event's own time (at_ms), and the late count does not overwrite the
+    stock the heartbeats have reported since."""
+    w = server_world
+    staff = StaffCard(w.ca)
+    stock_before = 7  # as the heartbeats since the refill have said
+    with w.sessionmaker() as session:
+        session.get(KioskSlot, (w.kiosk.id, 1)).stock = stock_before  # type: ignore[union-attr]
+        session.commit()
+    tap_age_s = 5 * 3600.0
+    done_ms = int((w.clock() - tap_age_s + 600) * 1000)  # ten minutes into the visit
+    answer = record(w, event(w, staff, age_s=tap_age_s, at_ms=done_ms, count_after=40))
+    assert answer["status"] == "recorded" and answer["stock"] == stock_before
+    with w.sessionmaker() as session:
+        [row] = session.scalars(select(StockEvent)).all()
+        assert row.count_after == 40
+        assert row.at.timestamp() == pytest.approx(w.clock() - tap_age_s, abs=1)  # the tap
+        assert session.get(KioskSlot, (w.kiosk.id, 1)).stock == stock_before  # type: ignore[union-attr]
+    # Without at_ms the event is taken as happening now: the same tap is too old for it.
+    assert refused(w, event(w, staff, age_s=tap_age_s)) == (422, "proof_stale")
+    # An event claimed three hours after its tap was not part of that visit.
+    late_ms = int((w.clock() - tap_age_s + 3 * 3600) * 1000)
+    assert refused(w, event(w, staff, age_s=tap_age_s, at_ms=late_ms)) == (422, "proof_stale")
+    # An event in the future, or a tap older than the idempotency records' retention allows.
+    future_ms = int((w.clock() + 3600) * 1000)
+    assert refused(w, event(w, staff, age_s=60, at_ms=future_ms)) == (422, "at_in_future")
+    old_s = stock.QUEUED_MAX_AGE.total_seconds() + 3600
+    old_ms = int((w.clock() - old_s + 60) * 1000)
+    assert refused(w, event(w, staff, age_s=old_s, at_ms=old_ms)) == (422, "proof_stale")
+    assert stock.QUEUED_MAX_AGE < stock.IDEMPOTENCY_RETENTION
+    with w.sessionmaker() as session:
+        assert len(session.scalars(select(StockEvent)).all()) == 1

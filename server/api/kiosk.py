@@ -414,7 +414,8 @@ class StockEventAnswer(Answer):
     errors={
         **KIOSK_ERRORS,
         403: "not a staff card",
-        422: "the staff card's proof is invalid or too old, or no such slot",
+        422: "the staff card's proof is invalid or too old for the event's time (at_ms), the "
+        "event is in the future, or no such slot",
     },
     field_codes={"staff_proof": "proof_malformed"},
 )

@@ -4,9 +4,27 @@ proved it (kiosk maintenance mode, POST /api/v1/stock-events).
 The kiosk sends, with its own signature, the staff card's tap proof (made when the technician
 tapped the card, for this kiosk) and the card's certificate. The server checks that the
 certificate chains to the city card CA, carries the staff policy (cardsvc.verify
-STAFF_CARD_POLICY) and that the proof verifies with it, as of the tap; and that the tap is no
-older than a maintenance visit may last (MAINTENANCE_MAX_AGE). One tap covers every event of
-that visit, so the kiosk's counter is not advanced here.
+STAFF_CARD_POLICY) and that the proof verifies with it, as of the tap. One tap covers every
+event of that visit, so the kiosk's counter is not advanced here.
+
+The tap's age is judged against the event's own time (`at_ms`, the kiosk's clock; the
+server's time when absent), not against the moment the event arrives: a kiosk keeps its events
+in an outbox (kiosk.stock_outbox) and sends them when the server can be reached, hours or days
+later. So:
+- the event happened during the visit: from the tap (less the allowed clock skew) to
+  MAINTENANCE_MAX_AGE after it;
+- the event is not in the future (more than the clock skew ahead of the server);
+- it arrives within QUEUED_MAX_AGE of the tap. That bound is the idempotency records'
+  retention (server.services.devices.IDEMPOTENCY_RETENTION, 30 days) less one day: every
+  delivery of an event comes after the tap, so its first delivery's idempotency record is still
+  kept when any later resend within the bound arrives, and a resend is answered from it, never
+  recorded twice. An event older than that is refused (proof_stale) and stays in the kiosk's
+  outbox as refused; the board's stock reached the server by the heartbeats meanwhile.
+`at` keeps the tap's time, `recorded_at` the arrival.
+
+A late event (arriving more than STOCK_FRESH after its own time) is recorded but does not set
+the slot's stock at the server: the kiosk's heartbeats since (which carry the board's count)
+are newer than its count.
 
 Each event is kept (append-only) with who (the staff card's GUID), when (the tap's time),
 which slot and product, and the counts before and after; a count after becomes the slot's stock
@@ -27,18 +45,22 @@ from cardsvc.errors import CardVerificationError
 from cardsvc.verify import CardRole, verify_tap
 from server.errors import Forbidden, InvalidRequest, Unprocessable
 from server.services.context import Context
+from server.services.devices import IDEMPOTENCY_RETENTION
 from server.services.dispensing import parse_tap
 from server.store import audit
 from server.store.models import KioskSlot, StockEvent
 
 MAINTENANCE_MAX_AGE = dt.timedelta(hours=2)
+QUEUED_MAX_AGE = IDEMPOTENCY_RETENTION - dt.timedelta(days=1)
+STOCK_FRESH = dt.timedelta(minutes=2)
 KINDS = frozenset({"refill", "test_dispense"})
 
 
 def record_stock_event(
     session: Session, ctx: Context, kiosk_id: str, event: dict[str, Any]
 ) -> dict[str, Any]:
-    """Record one event; returns `{"status": "recorded", "event_id", "stock"}`."""
+    """Record one event; returns `{"status": "recorded", "event_id", "stock"}` (the slot's
+    stock at the server after it)."""
     kind = event["kind"]
     if kind not in KINDS:
         raise InvalidRequest(f"kind must be one of {sorted(KINDS)}", code="field_invalid")
@@ -49,10 +71,13 @@ def record_stock_event(
         raise InvalidRequest("staff_certificate is not base64", code="field_invalid") from exc
     tapped_at = dt.datetime.fromtimestamp(challenge.time_ms / 1000, dt.UTC)
     now = ctx.now()
-    if (
-        not -ctx.clock_skew
-        <= (now - tapped_at).total_seconds()
-        <= MAINTENANCE_MAX_AGE.total_seconds()
+    at_ms = event.get("at_ms")
+    happened = now if at_ms is None else dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC)
+    skew = dt.timedelta(seconds=ctx.clock_skew)
+    if happened > now + skew:
+        raise Unprocessable("the event's time is in the future", code="at_in_future")
+    if not (
+        -skew <= happened - tapped_at <= MAINTENANCE_MAX_AGE and now - tapped_at <= QUEUED_MAX_AGE
     ):
         raise Unprocessable("the staff card's tap is too old", code="proof_stale")
     try:
@@ -77,7 +102,8 @@ def record_stock_event(
         recorded_at=now,
     )
     session.add(row)
-    if after is not None:
+    applied = after is not None and now - happened <= STOCK_FRESH
+    if applied:
         session.execute(
             update(KioskSlot)
             .where(KioskSlot.kiosk_id == kiosk_id, KioskSlot.slot == slot.slot)
@@ -93,4 +119,5 @@ def record_stock_event(
         subject=f"kiosk:{kiosk_id}:slot:{slot.slot}",
         detail={"count_before": row.count_before, "count_after": after},
     )
-    return {"status": "recorded", "event_id": row.id, "stock": after}
+    # The slot's stock at the server now: this event's count, or the heartbeats' if it is late.
+    return {"status": "recorded", "event_id": row.id, "stock": after if applied else slot.stock}
