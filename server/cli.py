@@ -36,7 +36,16 @@ from server.domain.alerts import AlertKind
 from server.domain.dhis2 import Dhis2Mapping
 from server.errors import ApiError
 from server.http.requestlog import configure_logging
-from server.services import alerts, exports, fleet, health, people, rollup, staff_auth
+from server.services import (
+    alerts,
+    exports,
+    fleet,
+    health,
+    people,
+    rollup,
+    staff_auth,
+    staff_cards,
+)
 from server.services.notify import Notifier, NotifySettings
 from server.store import backup as backups
 from server.store.audit import verify_chain
@@ -141,6 +150,12 @@ def _parser() -> argparse.ArgumentParser:
     tokens.add_argument(
         "--days", type=int, default=staff_auth.DEFAULT_TOKEN_DAYS, help="issue, rotate: lifetime"
     )
+    staff_card = _command(
+        commands, "staff-card", "link a staff card to a staff user for card sign-in, or revoke it"
+    )
+    staff_card.add_argument("action", choices=["assign", "revoke"], help="what to do")
+    staff_card.add_argument("--name", help="assign: the staff user's name")
+    staff_card.add_argument("--guid", required=True, help="the card's GUID (hex or UUID form)")
     _command(
         commands,
         "reindex-residents",
@@ -381,6 +396,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"password set for {args.name}")
             elif args.command == "tokens":
                 return _tokens(session, ctx, args)
+            elif args.command == "staff-card":
+                if args.action == "assign":
+                    guid = staff_cards.assign(session, ctx, args.name or "", args.guid)
+                    done = "assigned"
+                else:
+                    guid = staff_cards.revoke(session, ctx, args.guid)
+                    done = "revoked"
+                session.commit()
+                print(json.dumps({"card_guid": guid, "status": done}))
             elif args.command == "reindex-residents":
                 done = people.reindex_residents(session, ctx)
                 session.commit()

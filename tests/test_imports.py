@@ -32,6 +32,7 @@ FORBIDDEN = {
 # Of our own packages, the server may use only these pure modules of cardsvc.
 SERVER_MAY_USE_FROM_CARDSVC = {
     "cardsvc.verify",
+    "cardsvc.signin",
     "cardsvc.requestsig",
     "cardsvc.errors",
     "cardsvc.ca",

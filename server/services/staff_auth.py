@@ -95,7 +95,8 @@ def _check_password(password: str, user_name: str) -> None:
 
 @dataclass(frozen=True)
 class SignInResult:
-    """`token` (for the cookie) when it worked; else `refusal`: bad_credentials | locked."""
+    """`token` (for the cookie) when it worked; else `refusal`: bad_credentials | locked |
+    card_required (the right password, but the role signs in with a staff card)."""
 
     token: str | None = None
     user_id: int | None = None
@@ -145,8 +146,18 @@ def _throttle_keys(name: str, address: str) -> tuple[str, str]:
     return f"pair:{folded}|{address[:64]}", f"user:{folded}"
 
 
-def sign_in(session: Session, ctx: Context, name: str, password: str, address: str) -> SignInResult:
-    """Check a user name and password; on success open a session. Commits nothing."""
+def sign_in(
+    session: Session,
+    ctx: Context,
+    name: str,
+    password: str,
+    address: str,
+    *,
+    card_roles: frozenset[Role] = frozenset(),
+) -> SignInResult:
+    """Check a user name and password; on success open a session. Commits nothing. A user whose
+    role is in `card_roles` must sign in with their staff card (server.services.staff_cards):
+    the right password is refused with `card_required` (and audited)."""
     now = ctx.now()
     pair_key, user_key = _throttle_keys(name, address)
     user = session.scalar(select(StaffUser).where(StaffUser.name == name.strip()))
@@ -184,13 +195,23 @@ def sign_in(session: Session, ctx: Context, name: str, password: str, address: s
         row = _throttle_row(session, key)
         if row is not None:
             session.delete(row)
+    if user.role in card_roles:
+        audit.append(
+            session,
+            at=now,
+            actor=f"address:{address[:64]}",
+            action="staff.sign_in.failed",
+            subject=subject,
+            detail={"name": name[:120], "reason": "card_required"},
+        )
+        return SignInResult(refusal="card_required")
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
-    token = _open_session(session, ctx, user, "password", address)
+    token = open_session(session, ctx, user, "password", address)
     return SignInResult(token=token, user_id=user.id)
 
 
-def _open_session(
+def open_session(
     session: Session, ctx: Context, user: StaffUser, method: str, address: str
 ) -> str:
     now = ctx.now()

@@ -638,3 +638,26 @@ class RollupState(Base):
 
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     watermark: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StaffCard(Base):
+    """A staff card (by GUID) linked to the staff user who signs in with it
+    (server.services.staff_cards)."""
+
+    __tablename__ = "staff_cards"
+
+    guid: Mapped[str] = mapped_column(String(32), primary_key=True)  # 32 lower-case hex
+    user_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"), index=True)
+    assigned_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StaffCardChallenge(Base):
+    """A staff-card sign-in challenge the server issued: its SHA-256, expiry, and use (once)."""
+
+    __tablename__ = "staff_card_challenges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    challenge_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

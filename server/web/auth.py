@@ -6,13 +6,17 @@ GET/POST /account/password  a new password (required after a reset or a first pa
 GET      /account           who is signed in
 POST     /language          中文 / English, remembered in a cookie
 GET      /                  the signed-in role's first page
+POST     /auth/card/challenge  a staff-card sign-in challenge (JSON; services.staff_cards)
+POST     /auth/card/verify     the card's certificate and signature → a session (JSON)
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from urllib.parse import urlsplit
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user, login_user, logout_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
@@ -20,11 +24,11 @@ from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from server.errors import InvalidRequest
-from server.services import staff_auth
+from server.services import staff_auth, staff_cards
 from server.services.staff_auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from server.store.db import db
 from server.web.access import Principal, ctx
-from server.web.base import home_endpoint, staff_blueprint
+from server.web.base import EXTENSION, WebSettings, home_endpoint, staff_blueprint
 from server.web.i18n import LANGUAGE_COOKIE, LANGUAGES, _, _l
 
 auth = staff_blueprint("auth", __name__)
@@ -84,19 +88,22 @@ def sign_in() -> Response | str | tuple[str, int]:
     form = SignInForm()
     if form.validate_on_submit():
         session = db.session
+        settings: WebSettings = current_app.extensions[EXTENSION]
         result = staff_auth.sign_in(
-            session, ctx(), form.name.data, form.password.data, request.remote_addr or "unknown"
+            session,
+            ctx(),
+            form.name.data,
+            form.password.data,
+            request.remote_addr or "unknown",
+            card_roles=settings.card_roles,
         )
         session.commit()
         if result.token is not None:
-            signed_in = staff_auth.live_session(
-                session, ctx(), result.token, staff_auth.SESSION_LIFETIME
-            )
-            session.commit()
-            assert signed_in is not None
-            login_user(Principal(result.token, signed_in))
+            _log_in(result.token)
             return redirect(_safe_next(request.args.get("next")) or url_for("auth.home"))
-        if result.refusal == "locked":
+        if result.refusal == "card_required":
+            form.form_errors.append(_("Your role signs in with your staff card and its PIN."))
+        elif result.refusal == "locked":
             form.form_errors.append(
                 _(
                     "Too many failed attempts. Try again after %(time)s.",
@@ -109,6 +116,69 @@ def sign_in() -> Response | str | tuple[str, int]:
             form.form_errors.append(_("The user name or the password is wrong."))
         return render_template("staff/sign_in.html", form=form), 401
     return render_template("staff/sign_in.html", form=form)
+
+
+def _log_in(token: str) -> None:
+    """The browser's Flask-Login session for a server-side session just opened."""
+    session = db.session
+    signed_in = staff_auth.live_session(session, ctx(), token, staff_auth.SESSION_LIFETIME)
+    session.commit()
+    assert signed_in is not None
+    login_user(Principal(token, signed_in))
+
+
+def _origin() -> str:
+    """This server as the browser reaches it (scheme://host[:port]): what a challenge names."""
+    return request.host_url.rstrip("/")
+
+
+@auth.post("/auth/card/challenge")
+def card_challenge() -> Response:
+    """A single-use challenge for the staff card (the page hands it to the card service)."""
+    session = db.session
+    challenge = staff_cards.issue_challenge(session, ctx(), _origin())
+    session.commit()
+    return jsonify(
+        {
+            "challenge": base64.b64encode(challenge.to_bytes()).decode(),
+            "expires_ms": challenge.expires_ms,
+        }
+    )
+
+
+def _b64_field(body: object, name: str) -> bytes | None:
+    value = body.get(name) if isinstance(body, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+@auth.post("/auth/card/verify")
+def card_verify() -> tuple[Response, int]:
+    """The card's answer: {challenge, certificate, signature} (base64) → a session."""
+    body = request.get_json(silent=True)
+    fields = [_b64_field(body, name) for name in ("challenge", "certificate", "signature")]
+    challenge, certificate, signature = fields
+    if challenge is None or certificate is None or signature is None:
+        return jsonify({"status": "refused", "code": "field_invalid"}), 400
+    session = db.session
+    result = staff_cards.sign_in_with_card(
+        session,
+        ctx(),
+        origin=_origin(),
+        challenge_bytes=challenge,
+        certificate_der=certificate,
+        signature=signature,
+        address=request.remote_addr or "unknown",
+    )
+    session.commit()
+    if result.token is None:
+        return jsonify({"status": "refused", "code": result.refusal}), 401
+    _log_in(result.token)
+    return jsonify({"status": "signed_in", "next": url_for("auth.home")}), 200
 
 
 @auth.post("/sign-out")

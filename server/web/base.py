@@ -51,6 +51,7 @@ ROLE_LABELS = {
 class WebSettings:
     cookie_secure: bool
     idle: dt.timedelta
+    card_roles: frozenset[Role] = frozenset()  # roles that must sign in with a staff card
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Settings (ONECARD_* overrides given to create_app, else the environment):
 |---|---|---|
 | `ONECARD_COOKIE_SECURE` | `0` lets the session cookie travel over plain HTTP (tests, the demo) | `1` |
 | `ONECARD_SESSION_IDLE_MINUTES` | a session unused this long ends | `30` |
+| `ONECARD_CARD_SIGN_IN_ROLES` | comma-separated roles that must sign in with their staff card (their password is refused), e.g. `station_staff,technician` | none |
 """
 
 from __future__ import annotations
@@ -52,7 +53,14 @@ def settings_from(overrides: Mapping[str, Any] | None) -> WebSettings:
     secure = str(setting("ONECARD_COOKIE_SECURE") or "1").lower() not in ("0", "false", "no")
     idle = setting("ONECARD_SESSION_IDLE_MINUTES")
     minutes = int(idle) if idle not in (None, "") else DEFAULT_IDLE_MINUTES
-    return WebSettings(cookie_secure=secure, idle=dt.timedelta(minutes=minutes))
+    card_roles = frozenset(
+        Role(name.strip())
+        for name in str(setting("ONECARD_CARD_SIGN_IN_ROLES") or "").split(",")
+        if name.strip()
+    )
+    return WebSettings(
+        cookie_secure=secure, idle=dt.timedelta(minutes=minutes), card_roles=card_roles
+    )
 
 
 def init_app(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
