@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Protocol
@@ -18,9 +19,11 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from .errors import InvalidPinError
 from .piv import (
     DEFAULT_MANAGEMENT_KEY,
     DEFAULT_PIN,
+    DEFAULT_PUK,
     Algorithm,
     ManagementKeyType,
     ObjectId,
@@ -104,11 +107,54 @@ def provision_card(
     )
 
 
+def set_puk(piv: PivSession, puk: str, default_management: bool) -> None:
+    """Give the card its own PUK. A card still on the default management key may carry the
+    default PUK or, after an interrupted run, this PUK already; a card on its own management key
+    got its PUK before that key was set (the management key is the last thing changed)."""
+    if not default_management:
+        return
+    try:
+        piv.change_puk(DEFAULT_PUK, puk)
+    except InvalidPinError as exc:
+        if not exc.puk:
+            raise
+        piv.change_puk(puk, puk)  # set already: the card's own PUK resets the counter
+
+
+def finish_card(
+    piv: PivSession,
+    certificate_der: bytes,
+    chuid: bytes,
+    *,
+    puk: str | None = None,
+    pin: str | None = None,
+    management_key: tuple[ManagementKeyType, bytes] | None = None,
+    default_management: bool = False,
+    step: Callable[[str], None] = lambda _: None,
+) -> None:
+    """The card-side steps after the server certified the card's new key, in their order: the
+    certificate and the server-signed CHUID; then, for an issuance, the PUK and the holder's PIN
+    (RESET RETRY COUNTER with the PUK sets it whatever it was); the card's own management key
+    last. A renewal passes only the certificate and the CHUID. `piv` is authenticated already."""
+    step("write certificate and CHUID")
+    piv.put_certificate(Slot.CARD_AUTH, certificate_der)
+    piv.put_object(ObjectId.CHUID, chuid)
+    if puk is not None and pin is not None:
+        step("set PIN")
+        set_puk(piv, puk, default_management)
+        piv.unblock_pin(puk, pin)
+    if management_key is not None:
+        step("set management key")
+        piv.set_management_key(*management_key)
+
+
 __all__ = [
     "DEFAULT_VALID_DAYS",
     "CardIssuer",
     "ProvisionedCard",
     "diversify_management_key",
+    "finish_card",
+    "set_puk",
     "new_guid",
     "provision_card",
 ]

@@ -10,6 +10,17 @@ offered to the staff web pages over HTTP on 127.0.0.1.
     POST /v1/provision/generate  {management_key, management_key_type} → the new 9E public key
     POST /v1/provision/write     {management_key, management_key_type, certificate, guid, expiry,
                                   chuid_signature?, new_management_key?, pin?} → written
+    POST /v1/card/identify       the GUID of the card's CHUID, or null for a blank card
+    POST /v1/provision/finish    {management_key?, management_key_type?, certificate, chuid,
+                                  puk?, pin?, new_management_key?} → written: the steps of
+                                  `onecard card provision` after the server certified the key
+                                  (cardsvc.provision.finish_card); with only the certificate and
+                                  the CHUID, a renewal's write
+    POST /v1/card/unblock-pin    {puk, pin} → the holder's PIN reset with the card's PUK
+
+The service never talks to the OneCard server: the staff page carries the server's answers
+(certificate, CHUID, PUK, the card's management key) to it. The management key defaults to the
+PIV default key (a blank card), in hex like every key here.
 
 Guards, because any web page the desk's browser opens could try to reach it:
 - it binds 127.0.0.1 only;
@@ -63,8 +74,17 @@ from .errors import (
     TlvError,
 )
 from .pcsc import PcscConnection, PcscReader, list_readers
-from .piv import DEFAULT_PIN, Algorithm, ManagementKeyType, ObjectId, PivSession, Slot
+from .piv import (
+    DEFAULT_MANAGEMENT_KEY,
+    DEFAULT_PIN,
+    Algorithm,
+    ManagementKeyType,
+    ObjectId,
+    PivSession,
+    Slot,
+)
 from .profile import Chuid, prove, read_card
+from .provision import finish_card
 from .signin import SignInChallenge
 from .verify import TapChallenge, guid_from_certificate
 
@@ -219,11 +239,11 @@ class CardService:
         return {"signature": _b64(signature), "certificate": _b64(card.certificate_der)}
 
     def provision_generate(self, body: dict[str, Any]) -> dict[str, Any]:
-        key = _bytes_field(body, "management_key", hex_=True)
+        key = _bytes_field(body, "management_key", hex_=True, optional=True)
         key_type = _key_type(body, "management_key_type")
         with self._card() as piv:
             piv.select()
-            piv.authenticate(key or b"", key_type)
+            piv.authenticate(DEFAULT_MANAGEMENT_KEY if key is None else key, key_type)
             public_key = piv.generate_key(Slot.CARD_AUTH, Algorithm.ECCP256)
         spki = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         return {"public_key": _b64(spki)}
@@ -259,6 +279,63 @@ class CardService:
                     _key_type(new_key, "type"), _bytes_field(new_key, "key", hex_=True) or b""
                 )
         return {"status": "written", "card_guid": guid.hex()}
+
+    def identify(self) -> dict[str, Any]:
+        with self._card() as piv:
+            piv.select()
+            try:
+                guid: bytes | None = Chuid.parse(piv.get_object(ObjectId.CHUID)).guid
+            except NotFoundError:
+                guid = None
+        return {"card_guid": guid.hex() if guid is not None else None}
+
+    def provision_finish(self, body: dict[str, Any]) -> dict[str, Any]:
+        given = _bytes_field(body, "management_key", hex_=True, optional=True)
+        key = DEFAULT_MANAGEMENT_KEY if given is None else given
+        key_type = _key_type(body, "management_key_type")
+        certificate_der = _bytes_field(body, "certificate", hex_=False) or b""
+        chuid = _bytes_field(body, "chuid", hex_=False) or b""
+        try:
+            guid = Chuid.parse(chuid).guid
+            named = guid_from_certificate(x509.load_der_x509_certificate(certificate_der))
+        except (ValueError, TlvError) as exc:
+            raise RequestError(400, "bad_request", f"bad certificate or CHUID: {exc}") from exc
+        if named != guid:
+            raise RequestError(400, "bad_request", "the certificate names another card GUID")
+        puk = _field(body, "puk", str, optional=True)
+        pin = _field(body, "pin", str, optional=True)
+        if (puk is None) != (pin is None):
+            raise RequestError(400, "bad_request", "`puk` and `pin` go together")
+        new_key = body.get("new_management_key")
+        if new_key is not None and not isinstance(new_key, dict):
+            raise RequestError(400, "bad_request", "`new_management_key` must be an object")
+        management = (
+            None
+            if new_key is None
+            else (_key_type(new_key, "type"), _bytes_field(new_key, "key", hex_=True) or b"")
+        )
+        with self._card() as piv:
+            piv.select()
+            piv.authenticate(key, key_type)
+            finish_card(
+                piv,
+                certificate_der,
+                chuid,
+                puk=puk,
+                pin=pin,
+                management_key=management,
+                default_management=key == DEFAULT_MANAGEMENT_KEY
+                and key_type is ManagementKeyType.TDES,
+            )
+        return {"status": "written", "card_guid": guid.hex()}
+
+    def unblock_pin(self, body: dict[str, Any]) -> dict[str, Any]:
+        puk = _field(body, "puk", str)
+        pin = _field(body, "pin", str)
+        with self._card() as piv:
+            piv.select()
+            piv.unblock_pin(puk, pin)
+        return {"status": "unblocked"}
 
     # --- events -----------------------------------------------------------------------------
 
@@ -416,6 +493,9 @@ class _Handler(BaseHTTPRequestHandler):
             ),
             "/v1/provision/generate": self.server.service.provision_generate,
             "/v1/provision/write": self.server.service.provision_write,
+            "/v1/card/identify": lambda body: self.server.service.identify(),
+            "/v1/provision/finish": self.server.service.provision_finish,
+            "/v1/card/unblock-pin": self.server.service.unblock_pin,
         }
 
         def post(origin: str | None) -> None:

@@ -46,13 +46,11 @@ from cardsvc.errors import (
     AuthenticationError,
     CardError,
     CardRemovedError,
-    InvalidPinError,
     NotFoundError,
 )
 from cardsvc.pcsc import PcscReader
 from cardsvc.piv import (
     DEFAULT_MANAGEMENT_KEY,
-    DEFAULT_PUK,
     Algorithm,
     ManagementKeyType,
     ObjectId,
@@ -60,7 +58,7 @@ from cardsvc.piv import (
     Slot,
 )
 from cardsvc.profile import Chuid
-from cardsvc.provision import ProvisionedCard, provision_card
+from cardsvc.provision import ProvisionedCard, finish_card, provision_card
 
 REVOKE_REASONS = ("lost", "stolen")
 
@@ -231,18 +229,6 @@ def _open_management(piv: PivSession, tech: TechnicianClient) -> tuple[bytes | N
     return guid, False
 
 
-def _set_puk(piv: PivSession, puk: str, default_management: bool) -> None:
-    if not default_management:
-        return  # the PUK was changed before the management key was
-    try:
-        piv.change_puk(DEFAULT_PUK, puk)
-    except InvalidPinError as exc:
-        if not exc.puk:
-            raise
-        # An interrupted run changed the PUK already; the card's own PUK resets the counter.
-        piv.change_puk(puk, puk)
-
-
 def provision_one(
     piv: PivSession,
     tech: TechnicianClient,
@@ -272,14 +258,16 @@ def provision_one(
     step("certify")
     answer = tech.certify(resident_id, spki, guid)
     certificate = base64.b64decode(answer["certificate"])
-    step("write certificate and CHUID")
-    piv.put_certificate(Slot.CARD_AUTH, certificate)
-    piv.put_object(ObjectId.CHUID, base64.b64decode(answer["chuid"]))
-    step("set PIN")
-    _set_puk(piv, answer["puk"], default_management)
-    piv.unblock_pin(answer["puk"], pin)
-    step("set management key")
-    piv.set_management_key(ManagementKeyType.AES128, base64.b64decode(answer["management_key"]))
+    finish_card(
+        piv,
+        certificate,
+        base64.b64decode(answer["chuid"]),
+        puk=answer["puk"],
+        pin=pin,
+        management_key=(ManagementKeyType.AES128, base64.b64decode(answer["management_key"])),
+        default_management=default_management,
+        step=step,
+    )
     step("record issuance")
     tech.record(resident_id, certificate)
     return Provisioned(answer["card_guid"], resident_id, answer["expiry"], pin, guid is not None)
@@ -385,8 +373,7 @@ def renew_on_card(piv: PivSession, tech: TechnicianClient) -> dict[str, Any]:
         raise IssueError("this card has no CHUID: provision it instead")
     answer = tech.renew(guid)
     piv.authenticate(base64.b64decode(answer["management_key"]), ManagementKeyType.AES128)
-    piv.put_certificate(Slot.CARD_AUTH, base64.b64decode(answer["certificate"]))
-    piv.put_object(ObjectId.CHUID, base64.b64decode(answer["chuid"]))
+    finish_card(piv, base64.b64decode(answer["certificate"]), base64.b64decode(answer["chuid"]))
     return dict(answer)
 
 

@@ -4,6 +4,8 @@ profile per language, screenshots kept as artefacts, and axe-core's accessibilit
 Chromium is /usr/bin/chromium (never `playwright install`); axe-core is the npm package pinned in
 package.json (node_modules/axe-core/axe.min.js), evaluated in the page under test.
 Screenshots go to the test's directory, and also to $ONECARD_SCREENSHOTS when set.
+Also the real platform's command lines a page test drives: the server's CLI and the desk's local
+card service (`onecard cardsvc serve`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,3 +98,45 @@ def axe_violations(page: Any) -> list[dict[str, Any]]:
 def assert_accessible(page: Any) -> None:
     violations = axe_violations(page)
     assert violations == [], f"axe-core on {page.url}: {violations}"
+
+
+def server_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    """`onecard server ARGS` against the server of `env`; its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "onecard.cli", "server", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.strip()
+
+
+@contextmanager
+def card_service(server_url: str, reader: str, port: int | None = None) -> Iterator[str]:
+    """`onecard cardsvc serve` on `reader`, allowing the server's origin; its URL."""
+    from onecard.procs import Child, free_port, python_module
+
+    port = port or free_port()
+    child = Child(
+        "cardsvc",
+        python_module(
+            "onecard.cli",
+            "cardsvc",
+            "serve",
+            "--reader",
+            reader,
+            "--allow-origin",
+            server_url,
+            "--port",
+            str(port),
+        ),
+    )
+    try:
+        child.wait_for_line(r"cardsvc ready", 15)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        child.stop()

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from server import services
 from tests import pages
 from tests.fixtures.database import ServerWorld, TestCard
-from tests.pages import chromium, page_in
+from tests.pages import chromium, page_in, server_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 STATION = "ST-DESK-01"
@@ -248,19 +245,6 @@ class Stage:
     shots: Path
 
 
-def server_cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "onecard.cli", "server", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory, pcscd: object) -> Iterator[Stage]:
     from onecard.platform import start_platform
@@ -302,28 +286,9 @@ def page(browser: Any) -> Iterator[Any]:
 def card_service(stage: Stage, reader: str | None = None, port: int | None = None) -> Iterator[str]:
     """`onecard cardsvc serve` on the desk reader, allowing the server's origin; its URL."""
     from onecard.platform import READER
-    from onecard.procs import Child, free_port, python_module
 
-    port = port or free_port()
-    child = Child(
-        "cardsvc",
-        python_module(
-            "onecard.cli",
-            "cardsvc",
-            "serve",
-            "--reader",
-            reader or READER,
-            "--allow-origin",
-            stage.server_url,
-            "--port",
-            str(port),
-        ),
-    )
-    try:
-        child.wait_for_line(r"cardsvc ready", 15)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        child.stop()
+    with pages.card_service(stage.server_url, reader or READER, port) as url:
+        yield url
 
 
 def open_desk(page: Any, stage: Stage, cardsvc_url: str, *, shoot: str | None = None) -> None:

@@ -1,0 +1,268 @@
+/*
+ * The card desk of a resident's page (server/web/templates/staff/resident.html): issue, replace,
+ * renew a card and unblock its PIN on this computer's reader. No build step, no libraries.
+ *
+ * The page runs the steps of `onecard card provision|replace|renew|unblock-pin`
+ * (onecard/card.py), step for step: every card operation through the local card service
+ * (cardsvc/service.py, http://127.0.0.1), everything else through the server's JSON calls
+ * (/api/v1, with the staff session cookie and the page's CSRF token). The card service never
+ * talks to the server: this page carries the server's answers to it.
+ *
+ *   issue / replace  identify → (a GUID on the card: GET /cards/<guid>, an issued card stops here;
+ *                    its keys from POST /cards/<guid>/secrets when its management key is its own)
+ *                    → generate (the card's 9E key) → POST /cards/certificates → finish
+ *                    (certificate, CHUID, PUK, PIN, the card's own management key) → POST /cards
+ *                    (recorded last: a card pulled before then is never recorded as issued;
+ *                    the server marks the resident's earlier card replaced)
+ *   renew            identify (must be this card) → POST /cards/<guid>/renew → finish
+ *   unblock PIN      identify (must be this card) → POST /cards/<guid>/secrets → unblock-pin
+ *
+ * Words are the gettext catalogue's, rendered by the server into data-words (zh-CN or en);
+ * everything is written with textContent, never as HTML. The PIN is never stored.
+ */
+"use strict";
+
+(() => {
+  const desk = document.getElementById("card-desk");
+  if (!desk) return;
+  const WORDS = JSON.parse(desk.dataset.words || "{}");
+  const RESIDENT = Number(desk.dataset.resident);
+  const CSRF = document.querySelector("meta[name=csrf-token]")?.content || "";
+  const steps = document.getElementById("card-steps");
+  const messageBox = document.getElementById("card-message");
+  const pinInput = document.getElementById("card-pin");
+  const cardsvcInput = document.getElementById("cardsvc");
+  const given = new URLSearchParams(window.location.search).get("cardsvc");
+  if (given) cardsvcInput.value = given;
+
+  const words = (key, params = {}) =>
+    (WORDS[key] || key).replace(/%\((\w+)\)s/g, (_, name) => String(params[name] ?? ""));
+
+  class Unreachable extends Error {
+    constructor(where) {
+      super(`${where} unreachable`);
+      this.where = where;
+    }
+  }
+
+  class Problem extends Error {
+    constructor(where, status, body) {
+      super(body.detail || `HTTP ${status}`);
+      this.where = where;
+      this.status = status;
+      this.code = body.code || `http_${status}`;
+    }
+  }
+
+  // A refusal this page decides on itself, with its words.
+  class Stop extends Error {
+    constructor(key, params = {}) {
+      super(key);
+      this.key = key;
+      this.params = params;
+    }
+  }
+
+  async function fetchJson(where, url, options = {}) {
+    let response;
+    try {
+      response = await fetch(url, { cache: "no-store", ...options });
+    } catch (error) {
+      throw new Unreachable(where);
+    }
+    let body = {};
+    try {
+      body = await response.json();
+    } catch (error) {
+      body = {};
+    }
+    if (!response.ok) throw new Problem(where, response.status, body);
+    return body;
+  }
+
+  function server(method, path, body) {
+    const headers = { "X-CSRFToken": CSRF };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    return fetchJson("server", `/api/v1${path}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "same-origin",
+    });
+  }
+
+  function card(path, body = {}) {
+    const base = cardsvcInput.value.trim().replace(/\/+$/, "");
+    return fetchJson("cardsvc", `${base}/v1${path}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  }
+
+  const hex = (b64) =>
+    Array.from(atob(b64), (c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join("");
+
+  // --- what the technician sees ------------------------------------------------------------
+
+  function say(text, tone) {
+    messageBox.textContent = text;
+    messageBox.className = tone ? `flash ${tone}` : "";
+  }
+
+  let current = null;
+  function step(key) {
+    if (current) current.dataset.state = "done";
+    current = document.createElement("li");
+    current.dataset.step = key.replace("step.", "");
+    current.dataset.state = "running";
+    current.textContent = words(key);
+    steps.append(current);
+  }
+
+  function explain(error) {
+    if (error instanceof Stop) return words(error.key, error.params);
+    if (error instanceof Unreachable) {
+      return words(error.where === "cardsvc" ? "error.cardsvc_unreachable" : "error.server_unreachable");
+    }
+    if (error instanceof Problem && error.where === "cardsvc") {
+      const known = {
+        no_card: "error.no_card",
+        no_reader: "error.no_reader",
+        pcscd_unavailable: "error.no_reader",
+        card_removed: "error.card_removed",
+        management_key_refused: "error.management_key_refused",
+        wrong_pin: "error.wrong_pin",
+        pin_blocked: "error.pin_blocked",
+      }[error.code];
+      return words(known || "error.card", { detail: error.message });
+    }
+    return words("error.server", { detail: error.message });
+  }
+
+  // --- the flows (onecard/card.py) ---------------------------------------------------------
+
+  function newPin() {
+    const pin = pinInput.value.trim();
+    if (!/^[0-9]{6,8}$/.test(pin)) {
+      pinInput.setAttribute("aria-invalid", "true");
+      pinInput.focus();
+      throw new Stop("error.pin");
+    }
+    pinInput.removeAttribute("aria-invalid");
+    return pin;
+  }
+
+  async function identify(expected) {
+    step("step.identify");
+    const { card_guid: guid } = await card("/card/identify");
+    if (expected !== undefined) {
+      if (guid === null) throw new Stop("error.blank");
+      if (guid !== expected) throw new Stop("error.not_this_card", { guid: expected });
+    }
+    return guid;
+  }
+
+  async function issue() {
+    const pin = newPin();
+    const guid = await identify();
+    let managementKey = null; // the PIV default key: a blank card
+    if (guid !== null) {
+      step("step.check");
+      try {
+        const known = await server("GET", `/cards/${guid}`);
+        throw new Stop("error.already_issued", { status: known.status });
+      } catch (error) {
+        if (!(error instanceof Problem && error.code === "card_unknown")) throw error;
+      }
+    }
+    step("step.generate");
+    let generated;
+    try {
+      generated = await card("/provision/generate", {});
+    } catch (error) {
+      // An interrupted run set the card's own management key: ask the server for it.
+      if (!(error instanceof Problem && error.code === "management_key_refused" && guid)) throw error;
+      step("step.secrets");
+      const keys = await server("POST", `/cards/${guid}/secrets`, { purpose: "provision" });
+      managementKey = { management_key: hex(keys.management_key), management_key_type: "AES128" };
+      step("step.generate");
+      generated = await card("/provision/generate", managementKey);
+    }
+    step("step.certify");
+    const certified = await server("POST", "/cards/certificates", {
+      resident_id: RESIDENT,
+      public_key: generated.public_key,
+      ...(guid ? { card_guid: guid } : {}),
+    });
+    step("step.write");
+    await card("/provision/finish", {
+      ...(managementKey || {}),
+      certificate: certified.certificate,
+      chuid: certified.chuid,
+      puk: certified.puk,
+      pin,
+      new_management_key: { type: "AES128", key: hex(certified.management_key) },
+    });
+    step("step.record");
+    try {
+      await server("POST", "/cards", { resident_id: RESIDENT, certificate: certified.certificate });
+    } catch (error) {
+      if (error instanceof Unreachable || error instanceof Problem) {
+        throw new Stop("error.not_recorded", { detail: error.message });
+      }
+      throw error;
+    }
+    return words("done.issued", { guid: certified.card_guid });
+  }
+
+  async function renew(guid) {
+    await identify(guid);
+    step("step.renew");
+    const renewed = await server("POST", `/cards/${guid}/renew`, {});
+    step("step.write_renewal");
+    await card("/provision/finish", {
+      management_key: hex(renewed.management_key),
+      management_key_type: "AES128",
+      certificate: renewed.certificate,
+      chuid: renewed.chuid,
+    });
+    return words("done.renewed", { guid, expiry: renewed.expiry });
+  }
+
+  async function unblock(guid) {
+    const pin = newPin();
+    await identify(guid);
+    step("step.secrets");
+    const keys = await server("POST", `/cards/${guid}/secrets`, { purpose: "unblock-pin" });
+    step("step.unblock");
+    await card("/card/unblock-pin", { puk: keys.puk, pin });
+    return words("done.unblocked", { guid });
+  }
+
+  const FLOWS = { issue, replace: issue, renew, unblock };
+  const buttons = Array.from(desk.querySelectorAll("button[data-card-action]"));
+
+  async function run(button) {
+    buttons.forEach((b) => { b.disabled = true; });
+    steps.replaceChildren();
+    current = null;
+    desk.dataset.outcome = "busy";
+    say(words("busy"));
+    try {
+      const done = await FLOWS[button.dataset.cardAction](button.dataset.guid);
+      if (current) current.dataset.state = "done";
+      desk.dataset.outcome = "done";
+      say(done, "ok");
+    } catch (error) {
+      if (current) current.dataset.state = "failed";
+      desk.dataset.outcome = "failed";
+      say(explain(error), "bad");
+    } finally {
+      pinInput.value = "";
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+
+  buttons.forEach((button) => button.addEventListener("click", () => run(button)));
+})();
