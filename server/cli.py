@@ -165,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     _command(
         commands,
         "prune",
-        "forget spent nonces and idempotency records past their use, and old kiosk telemetry",
+        "forget spent nonces, idempotency records and staff-card challenges past their use, and old "
+        "kiosk telemetry",
     )
     _command(
         commands,
@@ -354,10 +355,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             elif args.command == "prune":
                 nonces, records = services.prune(session, ctx)
                 events = fleet.prune_kiosk_events(session, ctx.now())
+                challenges = staff_cards.prune_challenges(session, ctx)
                 session.commit()
                 print(
                     json.dumps(
-                        {"nonces": nonces, "idempotency_records": records, "kiosk_events": events}
+                        {
+                            "nonces": nonces,
+                            "idempotency_records": records,
+                            "kiosk_events": events,
+                            "staff_card_challenges": challenges,
+                        }
                     )
                 )
             elif args.command == "alerts":

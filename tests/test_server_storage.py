@@ -232,6 +232,7 @@ def test_cli_verify_audit_and_prune(
         "nonces",
         "idempotency_records",
         "kiosk_events",
+        "staff_card_challenges",
     }
 
 

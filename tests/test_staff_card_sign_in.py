@@ -247,3 +247,17 @@ def test_the_verify_call_needs_the_csrf_token(
     )
     assert response.status_code == 400
     assert browser.get("/account").status_code == 302
+
+
+def test_prune_forgets_expired_challenges_only(
+    server_world: ServerWorld, nurse_card: StaffCard
+) -> None:
+    browser = StaffBrowser(server_world.app)
+    old = challenge_of(browser)
+    server_world.clock.advance(staff_cards.CHALLENGE_LIFETIME.total_seconds() + 1)
+    fresh = challenge_of(browser)
+    with server_world.sessionmaker() as session:
+        assert staff_cards.prune_challenges(session, server_world.ctx) == 1
+        session.commit()
+    assert answer(browser, nurse_card, old).get_json()["code"] == "challenge_unknown"
+    assert answer(browser, nurse_card, fresh).status_code == 200

@@ -23,7 +23,7 @@ import hashlib
 import secrets
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from cardsvc.errors import CardVerificationError
@@ -174,3 +174,12 @@ def revoke(session: Session, ctx: Context, guid_text: str, *, actor: str = "cli"
             subject=f"staff-card:{guid}",
         )
     return guid
+
+
+def prune_challenges(session: Session, ctx: Context) -> int:
+    """Forget challenges past their expiry (used or not: an expired one is refused either way,
+    as unknown once forgotten). Returns how many. No commit."""
+    result = session.execute(
+        delete(StaffCardChallenge).where(StaffCardChallenge.expires_at < ctx.now())
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
