@@ -5,8 +5,10 @@ controller board on a pseudo-terminal, pcscd and a virtual card on its vpcd driv
 resident's card through pcscd; then runs the kiosk core with its touch screen in this process
 (the page's address is printed: open it in a browser to watch), tapping the card (inserting and
 removing it at the virtual reader) and choosing on the screen as a resident would, until the
-monthly allowance is used up and the choice screen says so with the next date. Every step is
-printed with its time in milliseconds.
+monthly allowance is used up and the choice screen says so with the next date. The kiosk
+offers the demo catalogue in three slots (two condoms, a lubricant: server.demo); each visit
+prints what the choice screen offers, and the resident takes the standard condom of slot
+SLOT. Every step is printed with its time in milliseconds.
 
 Without --once it then stays up, saying where each part listens, until Ctrl-C. Everything it
 started is stopped on the way out, whatever happened.
@@ -23,6 +25,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -207,6 +210,7 @@ def _visit(screen: ScreenKiosk, shown: Screen, results: list[TapResult], served:
     session = screen.session
     if shown is Screen.CHOOSING:
         categories = session.snapshot().view["categories"]
+        say(f"  {'offered':<15} {offered(categories)}")
         offer = next((o for c in categories for o in c["offers"] if o["slot"] == SLOT), None)
         category = next((c for c in categories if offer in c["offers"]), None)
         if offer is None or category is None:
@@ -226,6 +230,20 @@ def _visit(screen: ScreenKiosk, shown: Screen, results: list[TapResult], served:
     if len(results) <= served:
         raise DemoFailed(f"the kiosk served no transaction; the screen shows {session.screen}")
     return results[-1]
+
+
+def offered(categories: list[dict[str, Any]]) -> str:
+    """What the choice screen offers, per category: what is left to take, and each slot's
+    product with whether it may be taken now."""
+    parts = []
+    for c in categories:
+        offers = ", ".join(
+            f"slot {o['slot']} {o['sku']}"
+            + ("" if o["may_take"] else " (out of stock)" if not o["in_stock"] else " (not now)")
+            for o in c["offers"]
+        )
+        parts.append(f"{c['category']} ({c['left']} left): {offers}")
+    return "; ".join(parts)
 
 
 def check(walk: Walk) -> None:

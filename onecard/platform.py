@@ -164,7 +164,7 @@ def start_platform(
     *,
     say: Callable[[str], None] = quiet,
     board_args: Sequence[str] = (),
-    slots: str = f"{SLOT}={SLOT_STOCK},2={SLOT_STOCK}",
+    slots: str | None = None,
     kiosk: bool = True,
 ) -> Iterator[Platform]:
     """Start every part in `data_dir` (which must be empty or absent) and yield them.
@@ -201,6 +201,8 @@ def start_platform(
         )
         _pin_server_key(server_url, data_dir / "kiosk")
 
+        # The board holds SLOT_STOCK in each slot the server registered (unless told otherwise).
+        slots = slots or ",".join(f"{n}={SLOT_STOCK}" for n in sorted(seed.slots))
         board_sim = started(
             Child(
                 "board-sim",

@@ -25,6 +25,7 @@ from kiosk.tap import TapOutcome, TapResult
 from onecard import card as card_cli
 from onecard.platform import READER, SLOT, Platform, start_platform, start_server
 from onecard.procs import Child, python_module
+from server.services.seeding import LUBE_RULE_UNITS
 
 pytestmark = pytest.mark.pcscd
 
@@ -187,7 +188,7 @@ def test_batch_revoke_replace_and_the_kiosk_refuses_revoked_and_clone(
 
     first = tap(p, files[1])
     assert first.outcome is TapOutcome.DISPENSED, first.message
-    assert first.remaining == {"condoms": p.seed.limit - 1}
+    assert first.remaining == {"condoms": p.seed.limit - 1, "lubricant": LUBE_RULE_UNITS}
 
     # Card 1 is reported lost: revoked at once, and the kiosk's list learns it.
     assert card_cli.main(["revoke", guids[1], "--reason", "lost", *cli_auth(p)]) == 0
@@ -252,7 +253,10 @@ def test_batch_revoke_replace_and_the_kiosk_refuses_revoked_and_clone(
     assert again.outcome in (TapOutcome.CARD_REJECTED, TapOutcome.REFUSED)
     accepted = tap(p, replacement)
     assert accepted.outcome is TapOutcome.DISPENSED, accepted.message
-    assert accepted.remaining == {"condoms": p.seed.limit - 2}  # the history came along
+    assert accepted.remaining == {
+        "condoms": p.seed.limit - 2,
+        "lubricant": LUBE_RULE_UNITS,
+    }  # the history came along
 
 
 def cli_auth(p: Platform) -> list[str]:

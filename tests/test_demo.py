@@ -41,6 +41,14 @@ def test_demo_once_walks_to_the_monthly_limit(tmp_path: Path, pcscd: object) -> 
     assert visits == ["1", "2", "3", "4"]
     assert re.findall(r"slot stock left: (\d+)", out) == ["9", "8", "7"]
     assert "allowance left: condoms 0" in out
+    # The kiosk offers the demo catalogue in three slots; the last visit finds no condom left
+    # to take, while the lubricant's own allowance is untouched.
+    offered = re.findall(r"^  offered\s+(.*)$", out, re.M)
+    assert len(offered) == 4, out
+    for sku in ("slot 1 CONDOM-STD-1", "slot 2 CONDOM-THIN-1", "slot 3 LUBE-1"):
+        assert sku in offered[0], offered[0]
+    assert "condoms (0 left): slot 1 CONDOM-STD-1 (not now)" in offered[-1], offered[-1]
+    assert "lubricant (2 left): slot 3 LUBE-1" in offered[-1], offered[-1]
     for step in ("read card", "card proves", "verify offline", "authorize", "dispense", "settle"):
         assert re.search(rf"^  {step}\s+\d+\.\d ms", out, re.M), f"no timed step {step!r}"
     assert "onecard demo: OK" in out

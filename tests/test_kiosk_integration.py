@@ -18,6 +18,7 @@ from kiosk.board import DispenseResult
 from kiosk.journal import TxnState
 from kiosk.tap import Kiosk, TapOutcome, TapResult
 from onecard.platform import SLOT, Platform, start_platform, start_server
+from server.services.seeding import LUBE_RULE_UNITS
 
 pytestmark = pytest.mark.pcscd
 
@@ -45,7 +46,7 @@ def tap(p: Platform, kiosk: Kiosk | None = None, *, pull: bool = False) -> TapRe
 def test_a_tap_dispenses_and_charges_one_unit(platform: Platform) -> None:
     result = tap(platform)
     assert result.outcome is TapOutcome.DISPENSED, result.message
-    assert result.remaining == {"condoms": platform.seed.limit - 1}
+    assert result.remaining == {"condoms": platform.seed.limit - 1, "lubricant": LUBE_RULE_UNITS}
     assert result.stock_left == 9
     assert platform.kiosk.journal.get(result.txn_id or 0).state is TxnState.CAPTURED
 
@@ -57,7 +58,10 @@ def test_card_pulled_mid_command_is_refused_and_nothing_is_charged(platform: Pla
     assert platform.kiosk.journal.open_transactions() == []
     after = tap(platform)
     assert after.outcome is TapOutcome.DISPENSED
-    assert after.remaining == {"condoms": platform.seed.limit - 1}  # only this one counted
+    assert after.remaining == {
+        "condoms": platform.seed.limit - 1,
+        "lubricant": LUBE_RULE_UNITS,
+    }  # only this one counted
 
 
 def test_card_from_another_ca_is_refused_before_the_server_is_asked(
@@ -88,7 +92,7 @@ def test_empty_slot_voids_and_keeps_the_allowance(tmp_path: Path, pcscd: object)
         assert empty.reason == "empty"
         assert "Nothing was taken from your allowance" in empty.message
         assert p.kiosk.journal.get(empty.txn_id or 0).state is TxnState.VOIDED
-        assert empty.remaining == {"condoms": p.seed.limit - 1}
+        assert empty.remaining == {"condoms": p.seed.limit - 1, "lubricant": LUBE_RULE_UNITS}
 
 
 class _ServerDiesAfterDispense:
@@ -126,7 +130,10 @@ def test_server_gone_after_the_drop_is_captured_once_it_is_back(platform: Platfo
         assert platform.kiosk.recover() == []
         after = tap(platform)
         assert after.outcome is TapOutcome.DISPENSED
-        assert after.remaining == {"condoms": platform.seed.limit - 2}  # both counted, once each
+        assert after.remaining == {
+            "condoms": platform.seed.limit - 2,
+            "lubricant": LUBE_RULE_UNITS,
+        }  # both counted, once each
     finally:
         server.stop()
 
@@ -139,4 +146,4 @@ def test_power_cut_mid_dispense_is_never_charged(tmp_path: Path, pcscd: object) 
         assert p.kiosk.journal.get(cut.txn_id or 0).state is TxnState.VOIDED
         after = tap(p)
         assert after.outcome is TapOutcome.DISPENSED
-        assert after.remaining == {"condoms": p.seed.limit - 1}
+        assert after.remaining == {"condoms": p.seed.limit - 1, "lubricant": LUBE_RULE_UNITS}

@@ -26,6 +26,7 @@ from kiosk.offline import OfflineMode, Reason
 from kiosk.tap import Kiosk, TapOutcome
 from kiosk.telemetry import Chore, Chores, Heartbeat
 from onecard.platform import KIOSK_ID, Platform, start_platform, start_server
+from server.services.seeding import LUBE_RULE_UNITS
 from tests.test_kiosk_integration import tap
 from tests.test_kiosk_process import start_kiosk, wait_for_outcomes
 
@@ -131,7 +132,7 @@ def test_offline_within_the_allowance_then_synced_once_across_a_restart(
 
             after = tap(p)  # online again: the offline item was charged once
             assert after.outcome is TapOutcome.DISPENSED, after.message
-            assert after.remaining == {"condoms": p.seed.limit - 2}
+            assert after.remaining == {"condoms": p.seed.limit - 2, "lubricant": LUBE_RULE_UNITS}
         finally:
             server.stop()
 

@@ -21,7 +21,7 @@ from server.services import staff_auth
 from server.store import audit
 from server.store.db import db, make_engine
 from server.store.migrate import downgrade, upgrade
-from server.store.models import AuditEntry, Base, Resident, Role
+from server.store.models import AuditEntry, Base, KioskSlot, Product, Resident, Role
 from tests.fixtures.database import ServerWorld, TestKiosk
 
 
@@ -189,9 +189,22 @@ def test_prepare_demo(database_url: str, tmp_path: Path) -> None:
     assert again.resident_id != first.resident_id  # each run starts with a full allowance
     assert first.technician_token != again.technician_token
     assert {role for _name, role, _password in again.staff} == {r.value for r in Role}
+    assert again.slots == {1: "CONDOM-STD-1", 2: "CONDOM-THIN-1", 3: "LUBE-1"}
     app = create_app({**config, "ONECARD_DATABASE_URL": database_url})
     try:
         with db.bound(app).sessionmaker() as session:
+            # The kiosk offers the demo catalogue in three slots, each stocked (twice run: once).
+            slots = session.execute(
+                select(KioskSlot.slot, Product.sku, KioskSlot.stock)
+                .join(Product, Product.id == KioskSlot.product_id)
+                .where(KioskSlot.kiosk_id == kiosk.id)
+                .order_by(KioskSlot.slot)
+            ).all()
+            assert [tuple(row) for row in slots] == [
+                (1, "CONDOM-STD-1", 10),
+                (2, "CONDOM-THIN-1", 10),
+                (3, "LUBE-1", 10),
+            ]
             for name, _role, password in again.staff:  # each demo sign-in works
                 signed = staff_auth.sign_in(session, context_of(app), name, password, "127.0.0.1")
                 assert signed.token is not None, (name, signed.refusal)

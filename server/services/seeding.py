@@ -1,5 +1,10 @@
 """Reference and demo data: the demo city and catalogue, and the example exam programmes
-(server.demo readies a whole server for the demo in one call)."""
+(server.demo readies a whole server for the demo in one call).
+
+The demo catalogue: the condom category (3 a calendar month) with a standard and a thin condom,
+and a lubricant category (2 per rolling 30 days) with one sachet, so a kiosk offers a real
+choice; DEMO_KIOSK_SLOTS says which slot of the demo kiosk holds which (the tests' kiosks use the
+same, tests/fixtures/catalogue.py)."""
 
 from __future__ import annotations
 
@@ -41,6 +46,11 @@ class DemoSeed:
 DEMO_CATEGORY = "condoms"
 DEMO_SKU = "CONDOM-STD-1"
 DEMO_MONTHLY_LIMIT = 3
+CHOICE_CATEGORY = "lubricant"
+LUBE_RULE_UNITS = 2
+THIN_SKU = "CONDOM-THIN-1"
+LUBE_SKU = "LUBE-1"
+DEMO_KIOSK_SLOTS = {1: DEMO_SKU, 2: THIN_SKU, 3: LUBE_SKU}
 
 
 def seed_demo(session: Session, ctx: Context) -> DemoSeed:
@@ -104,6 +114,37 @@ def seed_catalog(session: Session) -> Product:
         session.add(product)
     session.flush()
     return product
+
+
+def seed_choice_catalogue(session: Session, *, lube_max_age: int | None = None) -> None:
+    """Besides seed_catalog's: a thin condom (same category) and a lubricant sachet in a
+    category of its own with its rule (LUBE_RULE_UNITS per rolling 30 days, up to
+    `lube_max_age` when given). Idempotent; needs seed_catalog first. No commit."""
+    condoms = session.scalar(select(Category).where(Category.code == DEMO_CATEGORY))
+    if condoms is None:
+        raise ValueError("seed the demo catalogue (seed_catalog) first")
+    lube = session.scalar(select(Category).where(Category.code == CHOICE_CATEGORY))
+    if lube is None:
+        lube = Category(code=CHOICE_CATEGORY, name="Lubricant", unit="sachet")
+        session.add(lube)
+        session.flush()
+        session.add(
+            EntitlementRule(
+                category_id=lube.id,
+                period_kind=PeriodKindColumn.ROLLING_DAYS,
+                period_days=30,
+                units=LUBE_RULE_UNITS,
+                max_age=lube_max_age,
+                active=True,
+            )
+        )
+    for sku, name, category in (
+        (THIN_SKU, "Condom, thin", condoms),
+        (LUBE_SKU, "Lubricant sachet", lube),
+    ):
+        if session.scalar(select(Product.id).where(Product.sku == sku)) is None:
+            session.add(Product(sku=sku, name=name, category_id=category.id, units=1))
+    session.flush()
 
 
 def _get_or_add_region(
