@@ -193,12 +193,16 @@ def _parser() -> argparse.ArgumentParser:
     locate.add_argument("--lat", type=float, required=True, help="latitude, degrees")
     locate.add_argument("--lon", type=float, required=True, help="longitude, degrees")
     rule = alert_commands.add_parser("rule", help="change a rule (its other values are kept)")
-    rule.add_argument("--kind", required=True, choices=[k.value for k in AlertKind])
+    rule.add_argument(
+        "--kind", required=True, choices=[k.value for k in AlertKind], help="which rule"
+    )
     rule.add_argument("--threshold", type=float, help="minutes, or hours for no_dispense")
     rule.add_argument("--low", type=float, help="temperature only")
     rule.add_argument("--high", type=float, help="temperature only")
-    rule.add_argument("--quiet-minutes", type=int)
-    rule.add_argument("--enabled", choices=["yes", "no"])
+    rule.add_argument(
+        "--quiet-minutes", type=int, help="after the alert clears, it does not open again for this long"
+    )
+    rule.add_argument("--enabled", choices=["yes", "no"], help="turn the rule on or off")
     alert_commands.add_parser("rules", help="print the rules in force as JSON")
     levels = alert_commands.add_parser("levels", help="a slot's restock minimum and capacity")
     levels.add_argument("--kiosk", required=True, help="the kiosk's id")
