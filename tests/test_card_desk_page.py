@@ -253,6 +253,46 @@ def test_a_card_pulled_before_the_last_step_is_not_recorded(browser: Any, desk: 
         assert guid is not None and desk.card_status(guid.group(0)) == (resident, "active")
 
 
+def test_a_written_card_the_server_did_not_record_is_issued_again(browser: Any, desk: Desk) -> None:
+    """The card is complete (its own management key, PUK and PIN) but the record never reached
+    the server: pressing again fetches the card's keys, certifies it again under its GUID and
+    records it, as `onecard card provision` does for an interrupted run."""
+    resident = desk.new_resident()
+    desk.present_blank("unrecorded")
+    with page_in(browser, "en-US") as page:
+        sign_in(page, desk)
+        open_resident(page, desk, resident)
+
+        def lose_the_record(route: Any) -> None:
+            if route.request.method == "POST":
+                route.abort()
+            else:
+                route.continue_()
+
+        page.route("**/api/v1/cards", lose_the_record)
+        outcome, words = press(page, "issue", pin="246810")
+        page.unroute("**/api/v1/cards")
+        assert outcome == "failed"
+        assert words.startswith("The card is written but the server did not record it"), words
+        guid = desk.on_card()["card_guid"]
+        assert desk.card_status(guid) is None
+
+        outcome, words = press(page, "issue", pin="975310")
+        assert outcome == "done", words
+        assert guid in words
+        assert [name for name, _ in steps_shown(page)] == [
+            "identify",
+            "check",
+            "secrets",
+            "generate",
+            "certify",
+            "write",
+            "record",
+        ]
+        assert desk.card_status(guid) == (resident, "active")
+        assert pin_accepted(desk, "975310")
+
+
 def test_the_card_desk_in_simplified_chinese(browser: Any, desk: Desk) -> None:
     resident = desk.new_resident()
     with page_in(browser, "zh-CN") as page:

@@ -183,6 +183,8 @@
     } catch (error) {
       // An interrupted run set the card's own management key: ask the server for it.
       if (!(error instanceof Problem && error.code === "management_key_refused" && guid)) throw error;
+      current.remove(); // not a failure: the card is ours, on a key of its own
+      current = null;
       step("step.secrets");
       const keys = await server("POST", `/cards/${guid}/secrets`, { purpose: "provision" });
       managementKey = { management_key: hex(keys.management_key), management_key_type: "AES128" };
