@@ -261,3 +261,19 @@ def test_prune_forgets_expired_challenges_only(
         session.commit()
     assert answer(browser, nurse_card, old).get_json()["code"] == "challenge_unknown"
     assert answer(browser, nurse_card, fresh).status_code == 200
+
+
+def test_behind_a_proxy_the_challenge_names_the_configured_origin(
+    server_world: ServerWorld, nurse_card: StaffCard
+) -> None:
+    settings = server_world.app.extensions[EXTENSION]
+    server_world.app.extensions[EXTENSION] = dataclasses.replace(
+        settings, public_origin="https://onecard.city.example"
+    )
+    assert settings_from(
+        {"ONECARD_PUBLIC_ORIGIN": "https://onecard.city.example/"}
+    ).public_origin == ("https://onecard.city.example")
+    browser = StaffBrowser(server_world.app)
+    challenge = challenge_of(browser)  # the request itself reaches https://localhost
+    assert SignInChallenge.parse(challenge).origin == "https://onecard.city.example"
+    assert answer(browser, nurse_card, challenge).status_code == 200

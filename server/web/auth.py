@@ -128,8 +128,10 @@ def _log_in(token: str) -> None:
 
 
 def _origin() -> str:
-    """This server as the browser reaches it (scheme://host[:port]): what a challenge names."""
-    return request.host_url.rstrip("/")
+    """This server as the browser reaches it (scheme://host[:port]): what a challenge names.
+    Behind a TLS proxy the request looks like plain HTTP, so the configured origin wins."""
+    settings: WebSettings = current_app.extensions[EXTENSION]
+    return settings.public_origin or request.host_url.rstrip("/")
 
 
 @auth.post("/auth/card/challenge")

@@ -52,6 +52,7 @@ class WebSettings:
     cookie_secure: bool
     idle: dt.timedelta
     card_roles: frozenset[Role] = frozenset()  # roles that must sign in with a staff card
+    public_origin: str | None = None  # https://host as browsers reach the server (behind a proxy)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Settings (ONECARD_* overrides given to create_app, else the environment):
 |---|---|---|
 | `ONECARD_COOKIE_SECURE` | `0` lets the session cookie travel over plain HTTP (tests, the demo) | `1` |
 | `ONECARD_SESSION_IDLE_MINUTES` | a session unused this long ends | `30` |
+| `ONECARD_PUBLIC_ORIGIN` | the server's origin as browsers reach it (`https://onecard.city.example`): what a staff-card sign-in challenge names; needed behind a TLS proxy, where the request looks like plain HTTP | the request's own scheme and host |
 | `ONECARD_CARD_SIGN_IN_ROLES` | comma-separated roles that must sign in with their staff card (their password is refused), e.g. `station_staff,technician` | none |
 """
 
@@ -58,8 +59,12 @@ def settings_from(overrides: Mapping[str, Any] | None) -> WebSettings:
         for name in str(setting("ONECARD_CARD_SIGN_IN_ROLES") or "").split(",")
         if name.strip()
     )
+    origin = str(setting("ONECARD_PUBLIC_ORIGIN") or "").strip().rstrip("/")
     return WebSettings(
-        cookie_secure=secure, idle=dt.timedelta(minutes=minutes), card_roles=card_roles
+        cookie_secure=secure,
+        idle=dt.timedelta(minutes=minutes),
+        card_roles=card_roles,
+        public_origin=origin or None,
     )
 
 
