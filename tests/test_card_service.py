@@ -164,3 +164,43 @@ def test_events_follow_the_card(service: str, virtual_card: VirtualCardHandle) -
         virtual_card.insert()
         event = next_event()
         assert event == {"type": "inserted", "reader": virtual_card.reader_name}
+
+
+def test_finish_refuses_a_chuid_for_another_card_and_a_puk_without_a_pin(
+    service: str, tmp_path: pytest.TempPathFactory
+) -> None:
+    """/v1/provision/finish checks what the page carries before the card is touched."""
+    ca = CardCA.create(tmp_path / "ca")  # type: ignore[operator]
+    identified = post(service + "/v1/card/identify", {})
+    assert identified.status_code == 200 and identified.json() == {"card_guid": None}
+    generated = post(service + "/v1/provision/generate", {})  # the default management key
+    assert generated.status_code == 200, generated.text
+    public_key = load_der_public_key(base64.b64decode(generated.json()["public_key"]))
+    guid, other = new_guid(), new_guid()
+    not_after = datetime.now(UTC) + timedelta(days=30)
+    certificate = base64.b64encode(ca.issue(public_key, guid, not_after)).decode()  # type: ignore[arg-type]
+    expiry = not_after.date()
+
+    def chuid(for_guid: bytes) -> str:
+        unsigned = Chuid(for_guid, expiry)
+        signature = ca.sign_detached(unsigned.signed_content())
+        return base64.b64encode(
+            Chuid(for_guid, expiry, unsigned.fasc_n, signature).to_bytes()
+        ).decode()
+
+    mismatched = post(
+        service + "/v1/provision/finish", {"certificate": certificate, "chuid": chuid(other)}
+    )
+    assert mismatched.status_code == 400 and mismatched.json()["code"] == "bad_request"
+    lonely_puk = post(
+        service + "/v1/provision/finish",
+        {"certificate": certificate, "chuid": chuid(guid), "puk": "12345678"},
+    )
+    assert lonely_puk.status_code == 400 and lonely_puk.json()["code"] == "bad_request"
+    assert post(service + "/v1/card/identify", {}).json() == {"card_guid": None}  # untouched
+
+    written = post(
+        service + "/v1/provision/finish", {"certificate": certificate, "chuid": chuid(guid)}
+    )
+    assert written.status_code == 200, written.text
+    assert post(service + "/v1/card/identify", {}).json() == {"card_guid": guid.hex()}
