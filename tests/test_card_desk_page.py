@@ -173,6 +173,12 @@ def test_issue_renew_replace_and_unblock_from_the_page(browser: Any, desk: Desk)
             ("record", "done"),
         ]
         assert desk.card_status(first_guid) == (resident, "active")
+        # The page reloaded: the new card in the table, the buttons of a resident with a card.
+        assert page.inner_text(f'tr[data-card="{first_guid}"]').split()[:2] == [
+            first_guid,
+            "active",
+        ]
+        assert page.query_selector("#card-desk button[data-card-action=issue]") is None
         assert desk.on_card()["card_guid"] == first_guid
         assert pin_accepted(desk, "246810")
         pages.shot(page, desk.shots, "resident-card-issued-en")
@@ -206,6 +212,9 @@ def test_issue_renew_replace_and_unblock_from_the_page(browser: Any, desk: Desk)
         assert second is not None and second.group(0) != first_guid
         assert desk.card_status(second.group(0)) == (resident, "active")
         assert desk.card_status(first_guid) == (resident, "replaced")
+        assert page.get_attribute("#card-desk button[data-card-action=renew]", "data-guid") == (
+            second.group(0)
+        )
 
         # Presenting the issued card again for a new issuance is refused plainly.
         outcome, words = press(page, "replace", pin="424242")

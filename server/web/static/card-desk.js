@@ -17,6 +17,9 @@
  *   renew            identify (must be this card) → POST /cards/<guid>/renew → finish
  *   unblock PIN      identify (must be this card) → POST /cards/<guid>/secrets → unblock-pin
  *
+ * After a success the page reloads (the cards table and the buttons as they are now) and shows
+ * the steps and the result again (kept in this tab's sessionStorage for the reload only).
+ *
  * Words are the gettext catalogue's, rendered by the server into data-words (zh-CN or en);
  * everything is written with textContent, never as HTML. The PIN is never stored.
  */
@@ -32,6 +35,7 @@
   const messageBox = document.getElementById("card-message");
   const pinInput = document.getElementById("card-pin");
   const cardsvcInput = document.getElementById("cardsvc");
+  const DONE_KEY = `onecard.card-desk.done.${RESIDENT}`; // sessionStorage: this tab only
   const given = new URLSearchParams(window.location.search).get("cardsvc");
   if (given) cardsvcInput.value = given;
 
@@ -254,8 +258,11 @@
     try {
       const done = await FLOWS[button.dataset.cardAction](button.dataset.guid);
       if (current) current.dataset.state = "done";
-      desk.dataset.outcome = "done";
-      say(done, "ok");
+      // Shown again after the page reloads with the resident's cards as they are now.
+      const shown = Array.from(steps.children, (li) => [li.dataset.step, li.textContent]);
+      sessionStorage.setItem(DONE_KEY, JSON.stringify({ text: done, steps: shown }));
+      desk.dataset.outcome = "reloading";
+      window.location.reload();
     } catch (error) {
       if (current) current.dataset.state = "failed";
       desk.dataset.outcome = "failed";
@@ -267,4 +274,19 @@
   }
 
   buttons.forEach((button) => button.addEventListener("click", () => run(button)));
+
+  const kept = sessionStorage.getItem(DONE_KEY);
+  if (kept) {
+    sessionStorage.removeItem(DONE_KEY);
+    const { text, steps: shown } = JSON.parse(kept);
+    for (const [name, line] of shown) {
+      const li = document.createElement("li");
+      li.dataset.step = name;
+      li.dataset.state = "done";
+      li.textContent = line;
+      steps.append(li);
+    }
+    desk.dataset.outcome = "done";
+    say(text, "ok");
+  }
 })();
