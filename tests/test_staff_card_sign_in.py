@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from cardsvc.signin import SignInChallenge
 from server import cli
+from server.config import ConfigError
 from server.services import staff_cards
 from server.store.models import AuditEntry, CardRevocation, Role, StaffUser
 from server.web.base import EXTENSION
@@ -228,6 +229,8 @@ def test_the_card_roles_setting_is_read_from_the_environment_names() -> None:
     settings = settings_from({"ONECARD_CARD_SIGN_IN_ROLES": "station_staff, technician"})
     assert settings.card_roles == {Role.STATION_STAFF, Role.TECHNICIAN}
     assert settings_from({}).card_roles == frozenset()
+    with pytest.raises(ConfigError, match="ONECARD_CARD_SIGN_IN_ROLES: no role nurse"):
+        settings_from({"ONECARD_CARD_SIGN_IN_ROLES": "nurse"})
 
 
 def test_the_verify_call_needs_the_csrf_token(

@@ -23,6 +23,7 @@ from typing import Any
 
 from flask import Flask
 
+from server.config import ConfigError
 from server.http.framework import STAFF_SESSION_HOOK
 from server.store.models import Role
 
@@ -54,11 +55,14 @@ def settings_from(overrides: Mapping[str, Any] | None) -> WebSettings:
     secure = str(setting("ONECARD_COOKIE_SECURE") or "1").lower() not in ("0", "false", "no")
     idle = setting("ONECARD_SESSION_IDLE_MINUTES")
     minutes = int(idle) if idle not in (None, "") else DEFAULT_IDLE_MINUTES
-    card_roles = frozenset(
-        Role(name.strip())
-        for name in str(setting("ONECARD_CARD_SIGN_IN_ROLES") or "").split(",")
-        if name.strip()
-    )
+    names = [n.strip() for n in str(setting("ONECARD_CARD_SIGN_IN_ROLES") or "").split(",")]
+    unknown = [n for n in names if n and n not in Role.__members__.values()]
+    if unknown:
+        raise ConfigError(
+            f"ONECARD_CARD_SIGN_IN_ROLES: no role {', '.join(unknown)} "
+            f"(roles: {', '.join(r.value for r in Role)})"
+        )
+    card_roles = frozenset(Role(n) for n in names if n)
     origin = str(setting("ONECARD_PUBLIC_ORIGIN") or "").strip().rstrip("/")
     return WebSettings(
         cookie_secure=secure,
