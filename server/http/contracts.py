@@ -41,7 +41,6 @@ MAX_DEVICE_ID = 64
 MAX_STAFF_NAME = 120
 MAX_CERTIFICATE_B64 = 16_384
 MAX_REVOCATION_VERSION = 10**18 - 1
-MAX_JSON_DEPTH = 32
 # Dates a person can mean: birth dates, appointments, report years. Beyond them date arithmetic
 # (a day's slots, a time zone shift) would leave the calendar.
 EARLIEST_DATE = dt.date(1900, 1, 1)
@@ -52,7 +51,6 @@ LATEST_YEAR = 2100
 ID_NUMBER_PATTERN = r"^[0-9A-Za-z -]{6,32}$"
 PHONE_PATTERN = r"^\+?[0-9 -]{5,20}$"
 HEX32_PATTERN = r"^[0-9a-fA-F]{32}$"
-DIGITS_PATTERN = r"^[0-9]{1,18}$"
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
 
