@@ -155,7 +155,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     staff_card.add_argument("action", choices=["assign", "revoke"], help="what to do")
     staff_card.add_argument("--name", help="assign: the staff user's name")
-    staff_card.add_argument("--guid", required=True, help="the card's GUID (hex or UUID form)")
+    staff_card.add_argument("--guid", help="the card's GUID (hex or UUID form)")
+    staff_card.add_argument(
+        "--certificate",
+        type=Path,
+        help="assign: the card's certificate file (PEM or DER) instead of --guid; checked "
+        "against the city card CA, and its dates kept",
+    )
+    staff_card.add_argument(
+        "--reason",
+        choices=staff_cards.REVOKE_REASONS,
+        default="revoked",
+        help="revoke: why (kept with the card and in the audit log)",
+    )
     _command(
         commands,
         "reindex-residents",
@@ -409,10 +421,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                 return _tokens(session, ctx, args)
             elif args.command == "staff-card":
                 if args.action == "assign":
-                    guid = staff_cards.assign(session, ctx, args.name or "", args.guid)
+                    card = (
+                        _certificate_text(args.certificate)
+                        if args.certificate
+                        else args.guid or ""
+                    )
+                    guid = staff_cards.assign(session, ctx, args.name or "", card)
                     done = "assigned"
                 else:
-                    guid = staff_cards.revoke(session, ctx, args.guid)
+                    guid = staff_cards.revoke(session, ctx, args.guid or "", reason=args.reason)
                     done = "revoked"
                 session.commit()
                 print(json.dumps({"card_guid": guid, "status": done}))
@@ -423,6 +440,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     finally:
         db.dispose(app)
     return 0
+
+
+def _certificate_text(path: Path) -> str:
+    """A certificate file as `staff_cards.identify` reads it: PEM as it is, DER as base64."""
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return data.decode("ascii", "replace")
+    return base64.b64encode(data).decode()
 
 
 def _alerts(session: Session, ctx: services.Context, args: argparse.Namespace) -> int:

@@ -12,30 +12,57 @@ desk's card service (cardsvc.service, POST /v1/card/sign-in).
    password sign-in opens (staff_auth.open_session, method "card"). Every refusal is audited
    with its reason.
 
-Revoking a staff card (`revoke`) refuses it here at once and puts it on the card revocation list,
-so kiosks refuse it for maintenance too.
+Linking and revoking (`assign`, `revoke` for the command line; `link`, `revoke_for` and
+`cards_of` for the administrator's page, scoped like the other user pages): a card is named by
+its GUID, or by its certificate, which must then be a staff card's of the city card CA, valid
+now (its issue and expiry dates are kept). Revoking a staff card refuses it here at once and puts
+it on the card revocation list, so kiosks refuse it for maintenance too. Each is audited
+(`staff_card.assign`, `staff_card.revoke` with its reason).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import secrets
 import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from cardsvc.errors import CardVerificationError
+from cardsvc.errors import CardVerificationError, VerificationFailure
 from cardsvc.signin import SIGN_IN_NONCE_LENGTH, SignInChallenge, verify_sign_in_signature
 from cardsvc.verify import CardRole, verify_certificate
 from server.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from server.services.context import Context
-from server.services.staff_auth import SignInResult, open_session
+from server.services.staff_auth import SignInResult, open_session, user_in_reach
 from server.store import audit
-from server.store.models import CardRevocation, StaffCard, StaffCardChallenge, StaffUser
+from server.store.models import Card, CardRevocation, StaffCard, StaffCardChallenge, StaffUser
 
 CHALLENGE_LIFETIME = dt.timedelta(minutes=2)
+REVOKE_REASONS = ("lost", "stolen", "damaged", "holder_left", "revoked")
+"""Why a staff card is revoked; "revoked" (no reason given) is the command line's default."""
+
+
+class StaffCardStatus(StrEnum):
+    ACTIVE = "active"
+    EXPIRED = "expired"  # its certificate, as last seen
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class CardIdentity:
+    """A staff card as an administrator names it: its GUID, and its certificate's validity when
+    named by the certificate."""
+
+    guid: str
+    issued_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
 
 
 def _hash(data: bytes) -> str:
@@ -128,52 +155,195 @@ def sign_in_with_card(
         verify_sign_in_signature(card.certificate.public_key(), challenge, signature)
     except CardVerificationError:
         return _refuse(session, ctx, address, "bad_signature", card=guid)
+    # The certificate just verified is the card's as it is now (a renewal changes it).
+    linked.issued_at = card.certificate.not_valid_before_utc
+    linked.expires_at = card.not_after
     token = open_session(session, ctx, user, "card", address)
     return SignInResult(token=token, user_id=user.id)
 
 
-def assign(session: Session, ctx: Context, name: str, guid_text: str, *, actor: str = "cli") -> str:
-    """Link a staff card (by GUID) to the staff user `name`. No commit."""
-    guid = normal_guid(guid_text)
-    user = session.scalar(select(StaffUser).where(StaffUser.name == name))
-    if user is None:
-        raise NotFound(f"no user {name}", code="user_unknown")
+def _certificate_der(text: str) -> bytes | None:
+    """A certificate pasted as PEM, or as base64 of its DER; None if it is neither."""
+    if text.startswith("-----BEGIN"):
+        return text.encode("ascii", "replace")
+    try:
+        der = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return der if der[:1] == b"\x30" else None  # a DER SEQUENCE
+
+
+_CERTIFICATE_REFUSALS = {
+    VerificationFailure.UNTRUSTED_ISSUER: "certificate_untrusted",
+    VerificationFailure.EXPIRED: "certificate_expired",
+    VerificationFailure.NOT_YET_VALID: "certificate_expired",
+}
+
+
+def identify(ctx: Context, text: str) -> CardIdentity:
+    """A staff card named by its GUID (hex or UUID form) or by its certificate (PEM, or base64
+    of DER); a certificate must be a staff card's of the city card CA, valid now."""
+    text = text.strip()
+    if not text:
+        raise InvalidRequest(
+            "give the card's GUID or certificate", code="card_missing", field="card"
+        )
+    try:
+        return CardIdentity(uuid.UUID(text).hex)
+    except ValueError:
+        pass
+    der = _certificate_der(text)
+    if der is None:
+        raise InvalidRequest(
+            "neither a card GUID nor a certificate", code="card_text_invalid", field="card"
+        )
+    if ctx.card_ca_der is None:
+        raise ServiceUnavailable("the card CA is not configured", code="card_ca_not_configured")
+    try:
+        card = verify_certificate(der, ctx.card_ca_der, now=ctx.now())
+    except CardVerificationError as exc:
+        raise InvalidRequest(
+            f"the certificate is refused: {exc.reason.value}",
+            code=_CERTIFICATE_REFUSALS.get(exc.reason, "certificate_malformed"),
+            field="card",
+        ) from exc
+    if card.role is not CardRole.STAFF:
+        raise InvalidRequest("this is a resident's card", code="not_staff_card", field="card")
+    return CardIdentity(card.guid.hex(), card.certificate.not_valid_before_utc, card.not_after)
+
+
+def _link(session: Session, ctx: Context, user: StaffUser, card: CardIdentity, actor: str) -> str:
+    guid = card.guid
     if session.get(StaffCard, guid) is not None:
-        raise Conflict(f"card {guid} is already assigned", code="card_assigned")
-    session.add(StaffCard(guid=guid, user_id=user.id, assigned_at=ctx.now()))
+        raise Conflict(f"card {guid} is already assigned", code="card_assigned", field="card")
+    if session.scalar(select(CardRevocation.seq).where(CardRevocation.card_guid == guid)):
+        raise Conflict(f"card {guid} is revoked", code="card_revoked", field="card")
+    if session.scalar(select(Card.id).where(Card.guid == guid)) is not None:
+        raise Conflict(f"card {guid} is a resident's card", code="not_staff_card", field="card")
+    session.add(
+        StaffCard(
+            guid=guid,
+            user_id=user.id,
+            assigned_at=ctx.now(),
+            issued_at=card.issued_at,
+            expires_at=card.expires_at,
+        )
+    )
     audit.append(
         session,
         at=ctx.now(),
         actor=actor,
         action="staff_card.assign",
         subject=f"staff-card:{guid}",
-        detail={"user": user.id},
+        detail={"user": user.id, "by": "guid" if card.expires_at is None else "certificate"},
     )
     return guid
 
 
-def revoke(session: Session, ctx: Context, guid_text: str, *, actor: str = "cli") -> str:
-    """Revoke a staff card: no more sign-ins with it, and on the revocation list kiosks read.
+def assign(session: Session, ctx: Context, name: str, card_text: str, *, actor: str = "cli") -> str:
+    """Link a staff card (its GUID or certificate, see `identify`) to the staff user `name`.
     No commit."""
+    card = identify(ctx, card_text)
+    user = session.scalar(select(StaffUser).where(StaffUser.name == name))
+    if user is None:
+        raise NotFound(f"no user {name}", code="user_unknown")
+    return _link(session, ctx, user, card, actor)
+
+
+def link(session: Session, ctx: Context, admin: StaffUser, user_id: int, card_text: str) -> str:
+    """An administrator links a staff card to a user in their area. No commit."""
+    user = user_in_reach(session, admin, user_id)
+    return _link(session, ctx, user, identify(ctx, card_text), f"user:{admin.id}")
+
+
+def revoke(
+    session: Session,
+    ctx: Context,
+    guid_text: str,
+    *,
+    actor: str = "cli",
+    reason: str = "revoked",
+) -> str:
+    """Revoke a staff card: no more sign-ins with it, and on the revocation list kiosks read.
+    Revoking a revoked card changes nothing. No commit."""
     guid = normal_guid(guid_text)
+    if reason not in REVOKE_REASONS:
+        raise InvalidRequest(f"no reason {reason!r}", code="field_invalid", field="reason")
     card = session.get(StaffCard, guid)
     if card is None:
         raise NotFound(f"no staff card {guid}", code="card_unknown")
     if card.revoked_at is None:
         card.revoked_at = ctx.now()
+        card.revoke_reason = reason
         if (
             session.scalar(select(CardRevocation.seq).where(CardRevocation.card_guid == guid))
             is None
         ):
-            session.add(CardRevocation(card_guid=guid, reason="revoked", revoked_at=ctx.now()))
+            session.add(CardRevocation(card_guid=guid, reason=reason, revoked_at=ctx.now()))
         audit.append(
             session,
             at=ctx.now(),
             actor=actor,
             action="staff_card.revoke",
             subject=f"staff-card:{guid}",
+            detail={"user": card.user_id, "reason": reason},
         )
     return guid
+
+
+def revoke_for(
+    session: Session, ctx: Context, admin: StaffUser, user_id: int, guid_text: str, reason: str
+) -> str:
+    """An administrator revokes a staff card of a user in their area. No commit."""
+    user_in_reach(session, admin, user_id)
+    guid = normal_guid(guid_text)
+    card = session.get(StaffCard, guid)
+    if card is None or card.user_id != user_id:
+        raise NotFound(f"user {user_id} has no staff card {guid}", code="card_unknown")
+    return revoke(session, ctx, guid, actor=f"user:{admin.id}", reason=reason)
+
+
+def status_of(card: StaffCard, now: dt.datetime) -> StaffCardStatus:
+    if card.revoked_at is not None:
+        return StaffCardStatus.REVOKED
+    if card.expires_at is not None and audit.as_utc(card.expires_at) <= now:
+        return StaffCardStatus.EXPIRED
+    return StaffCardStatus.ACTIVE
+
+
+def cards_of(
+    session: Session,
+    ctx: Context,
+    admin: StaffUser,
+    user_id: int,
+    *,
+    after: int = 0,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """One page of a user's staff cards (the user in the administrator's area), newest link
+    first; `after` is how many came on the pages before, and each row's `n` its place."""
+    user_in_reach(session, admin, user_id)
+    rows = session.scalars(
+        select(StaffCard)
+        .where(StaffCard.user_id == user_id)
+        .order_by(StaffCard.assigned_at.desc(), StaffCard.guid)
+        .offset(after)
+        .limit(limit)
+    ).all()
+    now = ctx.now()
+    return [
+        {
+            "n": after + i + 1,
+            "guid": card.guid,
+            "assigned_at": audit.as_utc(card.assigned_at),
+            "issued_at": audit.as_utc(card.issued_at) if card.issued_at else None,
+            "expires_at": audit.as_utc(card.expires_at) if card.expires_at else None,
+            "revoked_at": audit.as_utc(card.revoked_at) if card.revoked_at else None,
+            "revoke_reason": card.revoke_reason,
+            "status": status_of(card, now),
+        }
+        for i, card in enumerate(rows)
+    ]
 
 
 def prune_challenges(session: Session, ctx: Context) -> int:

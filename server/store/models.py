@@ -650,6 +650,11 @@ class StaffCard(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"), index=True)
     assigned_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # The certificate's validity, once the server has seen the certificate (linked by it, or a
+    # sign-in): migration 0015.
+    issued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoke_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class StaffCardChallenge(Base):

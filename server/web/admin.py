@@ -4,6 +4,7 @@ entitlement rules of their area, and the region tree from a CSV file.
     GET       /admin/users                 the users in the administrator's area, paginated
     GET/POST  /admin/users/new             a new user with a first password
     GET/POST  /admin/users/<id>            role and area; reset the password; disable / enable
+    GET/POST  /admin/users/<id>/cards      the user's staff cards: link one, revoke one
     GET/POST  /admin/rules                 the rules in force here, and a new one for this area
     GET/POST  /admin/regions               the region tree from a CSV file: preview, then write
     GET/POST  /admin/stations              a station's opening hours and capacity; enable, disable
@@ -25,6 +26,7 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response
 from wtforms import (
     BooleanField,
+    HiddenField,
     IntegerField,
     PasswordField,
     SelectField,
@@ -44,12 +46,12 @@ from wtforms.validators import (
 
 from server import services
 from server.errors import ApiError
-from server.services import appointments, catalogue, kiosks, regions, staff_auth
+from server.services import appointments, catalogue, kiosks, regions, staff_auth, staff_cards
 from server.services import stations as station_services
 from server.services.staff_auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from server.store.db import db
 from server.store.models import Category, Kiosk, Role
-from server.web.access import ctx, page_of, query_int, roles_required, staff_user
+from server.web.access import PAGE_SIZE, ctx, page_of, query_int, roles_required, staff_user
 from server.web.base import ROLE_LABELS, register_navigation, staff_blueprint
 from server.web.forms import REFUSALS, REGION_CODE, ButtonForm, options, put_error, submitted
 from server.web.i18n import _, _l
@@ -189,6 +191,116 @@ def user(user_id: int) -> Response | str | tuple[str, int]:
         scope=scope,
         reset=reset,
         toggle=toggle,
+    ), status
+
+
+# --- a user's staff cards (card sign-in) -----------------------------------------------------------
+
+STAFF_CARD_REVOKE_REASONS = [
+    ("", _l("Choose a reason")),
+    ("lost", _l("lost")),
+    ("stolen", _l("stolen")),
+    ("damaged", _l("damaged")),
+    ("holder_left", _l("the holder left")),
+]
+STAFF_CARD_STATUS = {
+    staff_cards.StaffCardStatus.ACTIVE: _l("active"),
+    staff_cards.StaffCardStatus.EXPIRED: _l("expired"),
+    staff_cards.StaffCardStatus.REVOKED: _l("revoked"),
+}
+STAFF_CARD_REASONS = {**dict(STAFF_CARD_REVOKE_REASONS[1:]), "revoked": _l("no reason given")}
+STAFF_CARD_REFUSALS = {
+    "card_text_invalid": _l(
+        "Give the card's GUID (32 hexadecimal digits) or its certificate (PEM)."
+    ),
+    "certificate_malformed": _l("This certificate cannot be read."),
+    "certificate_untrusted": _l("This certificate is not from the city card CA."),
+    "certificate_expired": _l("This certificate is not valid now."),
+    "not_staff_card": _l("This is a resident's card, not a staff card."),
+    "card_assigned": _l("This card is already linked to a user."),
+    "card_revoked": _l("This card is revoked and cannot be linked again."),
+    "card_ca_not_configured": _l("The server has no card CA: link the card by its GUID."),
+    "card_unknown": _l("This user has no such card."),
+    "out_of_scope": REFUSALS["out_of_scope"],
+}
+
+
+class LinkCardForm(FlaskForm):  # type: ignore[misc]
+    card = TextAreaField(
+        _l("The card's GUID or certificate"), validators=[DataRequired(), Length(max=8000)]
+    )
+
+
+class RevokeCardForm(FlaskForm):  # type: ignore[misc]
+    guid = HiddenField(validators=[DataRequired(), Regexp(r"^[0-9a-f]{32}$")])
+    reason = SelectField(
+        _l("Why"),
+        choices=options(STAFF_CARD_REVOKE_REASONS),
+        validators=[DataRequired(message=_l("Choose why the card is revoked."))],
+    )
+
+
+@admin.route("/users/<int:user_id>/cards", methods=["GET", "POST"])
+@roles_required(Role.ADMINISTRATOR)
+def user_cards(user_id: int) -> Response | str | tuple[str, int]:
+    """The staff cards a user signs in with: link one (GUID or certificate), revoke one with a
+    reason; the user must be in the administrator's area (services.staff_cards)."""
+    session = db.session
+    me = staff_user()
+    target = staff_auth.user_in_reach(session, me, user_id)
+    link = LinkCardForm(prefix="link")
+    revoke = RevokeCardForm(prefix="revoke")
+    action = request.form.get("action")
+    status = 200
+    try:
+        if submitted(link, "link"):
+            guid = staff_cards.link(session, ctx(), me, user_id, link.card.data)
+            session.commit()
+            flash(
+                _(
+                    "Card %(card)s linked: %(name)s signs in with it and its PIN.",
+                    card=guid,
+                    name=target.name,
+                ),
+                "ok",
+            )
+            return redirect(url_for("admin.user_cards", user_id=user_id))
+        if submitted(revoke, "revoke"):
+            guid = staff_cards.revoke_for(
+                session, ctx(), me, user_id, revoke.guid.data, revoke.reason.data
+            )
+            session.commit()
+            flash(
+                _(
+                    "Card %(card)s revoked: it no longer signs in, and kiosks refuse it from "
+                    "their next update.",
+                    card=guid,
+                ),
+                "ok",
+            )
+            return redirect(url_for("admin.user_cards", user_id=user_id))
+    except ApiError as exc:
+        session.rollback()
+        words = STAFF_CARD_REFUSALS.get(exc.code, exc.detail)
+        if action == "link":
+            link.card.errors = [*list(link.card.errors or []), words]
+        else:  # about the card, not the reason: above the table
+            revoke.form_errors.append(words)
+        status = 403 if exc.status == 403 else 400
+    if request.method == "POST" and status == 200:
+        status = 400  # a form with a message next to its field, or no known action
+    rows = staff_cards.cards_of(
+        session, ctx(), me, user_id, after=query_int("after"), limit=PAGE_SIZE + 1
+    )
+    session.rollback()
+    return render_template(
+        "staff/admin_user_cards.html",
+        target=target,
+        page=page_of(rows, lambda card: card["n"]),
+        link=link,
+        revoke=revoke,
+        status_words=STAFF_CARD_STATUS,
+        reason_words=STAFF_CARD_REASONS,
     ), status
 
 
