@@ -1,20 +1,27 @@
 """The staff pages' catalogue (server/web/translations): every word of the templates and views
-has its Simplified Chinese, and the compiled .mo says what the .po says."""
+has its Simplified Chinese, the compiled .mo says what the .po says, and the card desk's words
+reach its script in Chinese with their placeholders intact."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 from babel.support import Translations
+from flask import Flask
 
+from server.web import i18n
 from server.web.i18n import TRANSLATIONS
+from server.web.technician import REPLACE_REASONS, card_desk_words
 
 WEB = Path(TRANSLATIONS).parent
 PO = TRANSLATIONS / "zh_Hans_CN" / "LC_MESSAGES" / "messages.po"
 METHODS = [("**.py", "python"), ("templates/**.html", "jinja2")]
 KEYWORDS = {"_": None, "_l": None, "gettext": None, "lazy_gettext": None}
+PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+HAN = re.compile(r"[\u4e00-\u9fff]")
 
 
 def source_words() -> set[str]:
@@ -41,3 +48,28 @@ def test_the_compiled_catalogue_matches_its_source() -> None:
     compiled = Translations.load(str(TRANSLATIONS), ["zh_Hans_CN"])
     stale = [m.id for m in catalogue if m.id and compiled.gettext(m.id) != m.string]
     assert stale == [], "run: pybabel compile -d server/web/translations"
+
+
+def test_every_word_of_the_card_desk_is_chinese_with_the_same_placeholders() -> None:
+    """What static/card-desk.js gets in data-words (progress steps, results, errors, card
+    states) and the replacement's reasons: Chinese in zh-CN, the same %(name)s as in English
+    (the script fills them in), so no word reaches the technician untranslated or broken."""
+    app = Flask(__name__)
+    i18n.init_app(app)
+    shown = {}
+    for language in ("zh-CN", "en"):
+        with app.test_request_context(headers={"Accept-Language": language}):
+            reasons = {f"reason.{value}": str(words) for value, words in REPLACE_REASONS}
+            shown[language] = {**card_desk_words(), **reasons}
+    chinese, english = shown["zh-CN"], shown["en"]
+    assert chinese.keys() == english.keys()
+    assert {"step.revoke", "error.reason", "error.revoked_anyway", "state.revoked"} <= set(english)
+    untranslated = [key for key in english if chinese[key] == english[key]]
+    assert untranslated == []
+    assert [key for key in english if not HAN.search(chinese[key])] == []
+    placeholders = [
+        key
+        for key in english
+        if sorted(PLACEHOLDER.findall(chinese[key])) != sorted(PLACEHOLDER.findall(english[key]))
+    ]
+    assert placeholders == []

@@ -8,7 +8,7 @@ person shown is an audited read) and record couples.
     POST      /technician/residents/<id>/cards/<guid>/revoke   revoke a lost or stolen card
     (the resident's page also issues, replaces, renews and unblocks cards on the desk reader:
     static/card-desk.js drives the local card service and the JSON calls of /api/v1, with the
-    words of CARD_DESK_WORDS below)
+    words of CARD_DESK_WORDS below; a replacement asks why, REPLACE_REASONS)
     GET/POST  /technician/devices            register or re-key a kiosk or station in the area
     GET       /technician/devices/<id>/refills   a kiosk's refills and test dispenses
     POST      /technician/devices/<id>/toggle    (administrators) enable or disable a device
@@ -29,7 +29,7 @@ from wtforms.validators import DataRequired, Length, Optional, Regexp
 from server.errors import ApiError, NotFound
 from server.services import kiosks, people, stations
 from server.store.db import db
-from server.store.models import Kiosk, Region, Role
+from server.store.models import CardStatus, Kiosk, Region, Role
 from server.web.access import ctx, page_of, query_int, roles_required, staff_user
 from server.web.base import register_navigation, staff_blueprint
 from server.web.forms import ID_NUMBER, PHONE, REGION_CODE, options, put_error
@@ -157,13 +157,7 @@ def resident(resident_id: int) -> str:
     session = db.session
     view = people.resident_for_staff(session, ctx(), staff_user(), resident_id)
     session.commit()
-    return render_template(
-        "staff/resident.html",
-        resident=view,
-        couple=CoupleForm(),
-        reasons=REVOKE_REASONS,
-        card_words=card_desk_words(),
-    )
+    return resident_page(view, CoupleForm())
 
 
 @technician.post("/residents/<int:resident_id>/couple")
@@ -190,13 +184,20 @@ def couple(resident_id: int) -> Response | tuple[str, int]:
     form.partner_id_number.data = ""
     view = people.resident_for_staff(session, ctx(), staff_user(), resident_id)
     session.commit()
+    return resident_page(view, form), 400
+
+
+def resident_page(view: dict, couple_form: CoupleForm) -> str:
     return render_template(
         "staff/resident.html",
         resident=view,
-        couple=form,
+        couple=couple_form,
         reasons=REVOKE_REASONS,
+        replace_reasons=REPLACE_REASONS,
+        revoked_before_replacing=REVOKED_BEFORE_REPLACING,
+        card_states=CARD_STATES,
         card_words=card_desk_words(),
-    ), 400
+    )
 
 
 CARD_DESK_WORDS = {
@@ -208,16 +209,30 @@ CARD_DESK_WORDS = {
     "step.certify": _l("The server certifies the card's key"),
     "step.write": _l("Writing the certificate, the PIN and the card's own key"),
     "step.record": _l("Recording the card for this resident"),
+    "step.revoke": _l("Revoking the old card, so kiosks refuse it"),
     "step.renew": _l("The server renews the certificate"),
     "step.write_renewal": _l("Writing the new certificate"),
     "step.unblock": _l("Setting the new PIN with the card's PUK"),
     # results
     "done.issued": _l("Card %(guid)s issued. The holder's PIN is set."),
+    "done.replaced_revoked": _l(
+        "Card %(guid)s issued in place of card %(old)s, which is revoked (%(reason)s). The "
+        "holder's PIN is set."
+    ),
+    "done.replaced": _l(
+        "Card %(guid)s issued in place of card %(old)s, which is marked replaced (%(reason)s). "
+        "The holder's PIN is set."
+    ),
     "done.renewed": _l("Card %(guid)s renewed: valid until %(expiry)s."),
     "done.unblocked": _l("The PIN of card %(guid)s is set again."),
     "busy": _l("Working on the card: leave it on the reader."),
     # problems
     "error.pin": _l("Type the holder's new PIN: 6 to 8 digits."),
+    "error.reason": _l("Choose why the card is replaced."),
+    "error.revoked_anyway": _l(
+        "Card %(old)s stays revoked (%(reason)s): kiosks refuse it. Issue the new card with "
+        "the Issue button."
+    ),
     "error.cardsvc_unreachable": _l(
         "The card service on this computer does not answer. Start it: onecard cardsvc serve."
     ),
@@ -247,7 +262,8 @@ CARD_DESK_WORDS = {
 
 def card_desk_words() -> dict[str, str]:
     """The card desk's words in the page's language, for static/card-desk.js."""
-    return {key: str(words) for key, words in CARD_DESK_WORDS.items()}
+    states = {f"state.{status}": words for status, words in CARD_STATES.items()}
+    return {key: str(words) for key, words in {**CARD_DESK_WORDS, **states}.items()}
 
 
 REVOKE_REASONS = [
@@ -256,6 +272,18 @@ REVOKE_REASONS = [
     ("damaged", _l("damaged")),
     ("holder_left", _l("the holder left")),
 ]
+
+# Why a card is replaced from the card desk, as `onecard card replace [--reason lost|stolen]`:
+# a lost or stolen card is revoked before anything else (so kiosks refuse it even if the new
+# card then fails); a damaged card, handed in, becomes `replaced` when the new card is recorded.
+REPLACE_REASONS = [(value, words) for value, words in REVOKE_REASONS if value != "holder_left"]
+REVOKED_BEFORE_REPLACING = frozenset({"lost", "stolen"})
+
+CARD_STATES = {
+    CardStatus.ACTIVE.value: _l("active"),
+    CardStatus.REVOKED.value: _l("revoked"),
+    CardStatus.REPLACED.value: _l("replaced"),
+}
 
 
 @technician.post("/residents/<int:resident_id>/cards/<guid>/revoke")

@@ -8,17 +8,24 @@
  * (/api/v1, with the staff session cookie and the page's CSRF token). The card service never
  * talks to the server: this page carries the server's answers to it.
  *
- *   issue / replace  identify → (a GUID on the card: GET /cards/<guid>, an issued card stops here;
+ *   issue            identify → (a GUID on the card: GET /cards/<guid>, an issued card stops here;
  *                    its keys from POST /cards/<guid>/secrets when its management key is its own)
  *                    → generate (the card's 9E key) → POST /cards/certificates → finish
  *                    (certificate, CHUID, PUK, PIN, the card's own management key) → POST /cards
  *                    (recorded last: a card pulled before then is never recorded as issued;
  *                    the server marks the resident's earlier card replaced)
+ *   replace          why (`onecard card replace --reason`): lost or stolen → POST
+ *                    /cards/<old>/revoke first, before the card is touched, so the old card is
+ *                    revoked even if the new one then fails (the page says so and reloads: the
+ *                    resident has no active card, the Issue button resumes); damaged → nothing
+ *                    first, the old card becomes replaced when the new one is recorded. Then
+ *                    the steps of issue.
  *   renew            identify (must be this card) → POST /cards/<guid>/renew → finish
  *   unblock PIN      identify (must be this card) → POST /cards/<guid>/secrets → unblock-pin
  *
- * After a success the page reloads (the cards table and the buttons as they are now) and shows
- * the steps and the result again (kept in this tab's sessionStorage for the reload only).
+ * After a success, or a failure after the old card was revoked, the page reloads (the cards
+ * table and the buttons as they are now) and shows the steps and the outcome again (kept in
+ * this tab's sessionStorage for the reload only).
  *
  * Words are the gettext catalogue's, rendered by the server into data-words (zh-CN or en);
  * everything is written with textContent, never as HTML. The PIN is never stored.
@@ -34,6 +41,7 @@
   const steps = document.getElementById("card-steps");
   const messageBox = document.getElementById("card-message");
   const pinInput = document.getElementById("card-pin");
+  const reasonSelect = document.getElementById("replace-reason"); // only with an active card
   const cardsvcInput = document.getElementById("cardsvc");
   const DONE_KEY = `onecard.card-desk.done.${RESIDENT}`; // sessionStorage: this tab only
   const given = new URLSearchParams(window.location.search).get("cardsvc");
@@ -167,15 +175,55 @@
     return guid;
   }
 
+  // Why the card is replaced, asked before anything is touched.
+  function replaceReason() {
+    const chosen = reasonSelect ? reasonSelect.selectedOptions[0] : undefined;
+    if (!chosen || !chosen.value) {
+      if (reasonSelect) {
+        reasonSelect.setAttribute("aria-invalid", "true");
+        reasonSelect.focus();
+      }
+      throw new Stop("error.reason");
+    }
+    reasonSelect.removeAttribute("aria-invalid");
+    return {
+      value: chosen.value,
+      words: chosen.textContent.trim(),
+      revokeFirst: chosen.hasAttribute("data-revoke-first"),
+    };
+  }
+
+  // Set once this run has revoked the old card: a later failure leaves it revoked (as the CLI).
+  let revokedOld = null;
+
   async function issue() {
+    const guid = await provision(newPin());
+    return words("done.issued", { guid });
+  }
+
+  async function replace(oldGuid) {
     const pin = newPin();
+    const reason = replaceReason();
+    if (reason.revokeFirst) {
+      step("step.revoke");
+      await server("POST", `/cards/${oldGuid}/revoke`, { reason: reason.value });
+      revokedOld = { old: oldGuid, reason: reason.words };
+    }
+    const guid = await provision(pin);
+    const done = reason.revokeFirst ? "done.replaced_revoked" : "done.replaced";
+    return words(done, { guid, old: oldGuid, reason: reason.words });
+  }
+
+  // The steps of `onecard card provision` for the card on the reader; its GUID once recorded.
+  async function provision(pin) {
     const guid = await identify();
     let managementKey = null; // the PIV default key: a blank card
     if (guid !== null) {
       step("step.check");
       try {
         const known = await server("GET", `/cards/${guid}`);
-        throw new Stop("error.already_issued", { status: known.status });
+        const status = WORDS[`state.${known.status}`] || known.status;
+        throw new Stop("error.already_issued", { status });
       } catch (error) {
         if (!(error instanceof Problem && error.code === "card_unknown")) throw error;
       }
@@ -219,7 +267,7 @@
       }
       throw error;
     }
-    return words("done.issued", { guid: certified.card_guid });
+    return certified.card_guid;
   }
 
   async function renew(guid) {
@@ -246,27 +294,42 @@
     return words("done.unblocked", { guid });
   }
 
-  const FLOWS = { issue, replace: issue, renew, unblock };
+  const FLOWS = { issue, replace, renew, unblock };
   const buttons = Array.from(desk.querySelectorAll("button[data-card-action]"));
+
+  // Show the steps and the outcome again after the page reloads with the resident's cards as
+  // they are now.
+  function reloadShowing(text, tone) {
+    const shown = Array.from(steps.children, (li) => [
+      li.dataset.step,
+      li.dataset.state,
+      li.textContent,
+    ]);
+    sessionStorage.setItem(DONE_KEY, JSON.stringify({ text, tone, steps: shown }));
+    desk.dataset.outcome = "reloading";
+    window.location.reload();
+  }
 
   async function run(button) {
     buttons.forEach((b) => { b.disabled = true; });
     steps.replaceChildren();
     current = null;
+    revokedOld = null;
     desk.dataset.outcome = "busy";
     say(words("busy"));
     try {
       const done = await FLOWS[button.dataset.cardAction](button.dataset.guid);
       if (current) current.dataset.state = "done";
-      // Shown again after the page reloads with the resident's cards as they are now.
-      const shown = Array.from(steps.children, (li) => [li.dataset.step, li.textContent]);
-      sessionStorage.setItem(DONE_KEY, JSON.stringify({ text: done, steps: shown }));
-      desk.dataset.outcome = "reloading";
-      window.location.reload();
+      reloadShowing(done, "ok");
     } catch (error) {
       if (current) current.dataset.state = "failed";
-      desk.dataset.outcome = "failed";
-      say(explain(error), "bad");
+      if (revokedOld) {
+        // The old card is revoked and the resident has no active card now: show it so.
+        reloadShowing(`${explain(error)} ${words("error.revoked_anyway", revokedOld)}`, "bad");
+      } else {
+        desk.dataset.outcome = "failed";
+        say(explain(error), "bad");
+      }
     } finally {
       pinInput.value = "";
       buttons.forEach((b) => { b.disabled = false; });
@@ -278,15 +341,15 @@
   const kept = sessionStorage.getItem(DONE_KEY);
   if (kept) {
     sessionStorage.removeItem(DONE_KEY);
-    const { text, steps: shown } = JSON.parse(kept);
-    for (const [name, line] of shown) {
+    const { text, tone, steps: shown } = JSON.parse(kept);
+    for (const [name, state, line] of shown) {
       const li = document.createElement("li");
       li.dataset.step = name;
-      li.dataset.state = "done";
+      li.dataset.state = state;
       li.textContent = line;
       steps.append(li);
     }
-    desk.dataset.outcome = "done";
-    say(text, "ok");
+    desk.dataset.outcome = tone === "ok" ? "done" : "failed";
+    say(text, tone);
   }
 })();
