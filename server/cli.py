@@ -335,7 +335,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     config = ServerConfig.load()
     if args.command == "init-db":
-        upgrade(config.database_url)
+        upgrade(config.database_url, field_key=config.field_key)
         print(f"schema is up to date ({_redact(config.database_url)})")
         return 0
     if args.command == "run":

@@ -173,6 +173,10 @@ def generate(
                     "phone_enc": None,
                     "id_number_hash": cipher.id_number_hash(id_number),
                     "id_number_last4": id_number[-4:],
+                    # The search indexes enrolment fills (services.people.enrol_resident).
+                    "name_index": cipher.blind_index("name", f"Resident {n}"),
+                    "id_prefix_index": cipher.id_prefix_index(id_number[:6], id_number[-4:]),
+                    "id_birth_index": cipher.id_birth_index(birth, id_number[-4:]),
                     "status": ResidentStatus.ACTIVE,
                     "created_at": now,
                 }

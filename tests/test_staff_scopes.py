@@ -5,13 +5,18 @@ by a village administrator) are closed here."""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from typing import Any
 
 from sqlalchemy import select
 
 from server import services
+from server.services import choices
+from server.services.dispensing import remaining_for_resident
 from server.store.models import Region, RegionKind, Role
 from tests.fixtures.database import ServerWorld, TestKiosk
+from tests.staff_browser import StaffBrowser, make_staff
 from tests.test_server_openapi import check_answer
 
 TOWN = "C01-T01"
@@ -125,3 +130,93 @@ def test_reports_count_only_the_readers_area(server_world: ServerWorld) -> None:
     assert towns(bearer(w, "auditor-city", Role.AUDITOR, None)) == {TOWN, OTHER_TOWN}
     assert towns(bearer(w, "admin-village-r", Role.ADMINISTRATOR, VILLAGE)) == {TOWN}
     assert towns(bearer(w, "auditor-hill", Role.AUDITOR, OTHER_TOWN)) == {OTHER_TOWN}
+
+
+def test_entitlements_follow_the_rules_where_the_person_lives_or_the_kiosk_stands(
+    server_world: ServerWorld,
+) -> None:
+    """Away from a kiosk (what a person may have), the rules of the place they live now; at a
+    kiosk (its /entitlements answer), that kiosk's area's rules, as authorize applies them."""
+    w = server_world
+    town_admin = bearer(w, "admin-town-e", Role.ADMINISTRATOR, TOWN)
+    made = w.client.post("/api/v1/rules", json={**TIGHT, "area": TOWN}, headers=town_admin)
+    assert made.status_code == 201, made.get_data(as_text=True)
+    city_limit = w.seed.monthly_limit
+    assert city_limit > TIGHT["units"]
+    with w.sessionmaker() as session:
+        other_town = session.scalar(select(Region.id).where(Region.code == OTHER_TOWN))
+        village = session.scalar(select(Region.id).where(Region.code == VILLAGE))
+        registered_here = w.seed.resident_id  # registered in the village, lives there
+        migrant_in = services.enrol_resident(
+            session,
+            w.ctx,
+            name="Migrant In",
+            sex="F",
+            birth_date=dt.date(1990, 1, 1),
+            phone=None,
+            id_number="MIGRANTIN0001",
+            region_id=other_town,
+            current_region_id=village,
+        ).id
+        moved_out = services.enrol_resident(
+            session,
+            w.ctx,
+            name="Moved Out",
+            sex="F",
+            birth_date=dt.date(1990, 1, 1),
+            phone=None,
+            id_number="MOVEDOUT00001",
+            region_id=village,
+            current_region_id=other_town,
+        ).id
+        session.commit()
+        assert remaining_for_resident(session, w.ctx, registered_here) == {"condoms": 1}
+        assert remaining_for_resident(session, w.ctx, migrant_in) == {"condoms": 1}
+        assert remaining_for_resident(session, w.ctx, moved_out) == {"condoms": city_limit}
+
+    in_town = kiosk_in(w, "K-TOWN-E", VILLAGE)
+    elsewhere = kiosk_in(w, "K-HILL-E", OTHER_TOWN)
+    for kiosk, left in [(in_town, 1), (elsewhere, city_limit)]:
+        with w.sessionmaker() as session:
+            answer = choices.entitlements(session, w.ctx, kiosk.id, kiosk.tap(w.card, w.clock))
+            session.commit()
+        assert answer["accepted"] is True, answer
+        assert [(c["category"], c["left"]) for c in answer["categories"]] == [("condoms", left)]
+
+
+def test_the_rules_page_offers_retire_only_where_the_administrator_may(
+    server_world: ServerWorld,
+) -> None:
+    w = server_world
+    town_admin = bearer(w, "admin-town-r", Role.ADMINISTRATOR, TOWN)
+    town_rule = w.client.post("/api/v1/rules", json={**TIGHT, "area": TOWN}, headers=town_admin)
+    assert town_rule.status_code == 201
+    make_staff(w, "admin-village-p", Role.ADMINISTRATOR, VILLAGE, must_change=False)
+    browser = StaffBrowser(w.app)
+    browser.sign_in("admin-village-p")
+    village_admin = bearer(w, "admin-village-q", Role.ADMINISTRATOR, VILLAGE)
+    village_rule = w.client.post(
+        "/api/v1/rules", json={**TIGHT, "area": VILLAGE}, headers=village_admin
+    )
+    assert village_rule.status_code == 201, village_rule.get_data(as_text=True)
+
+    def buttons() -> dict[str, bool]:
+        page = browser.get("/admin/rules").get_data(as_text=True)
+        found = {}
+        for row in re.findall(r'<tr data-rule="\d+" data-area="([^"]*)">(.*?)</tr>', page, re.S):
+            found[row[0] or "city"] = 'value="deactivate"' in row[1]
+        return found
+
+    assert buttons() == {"city": False, TOWN: False, VILLAGE: True}
+    # The server still refuses what the page no longer offers.
+    refused = browser.post(
+        "/admin/rules",
+        {"action": "deactivate", "rule_id": str(town_rule.get_json()["rule_id"])},
+    )
+    assert refused.status_code == 403
+    assert buttons() == {"city": False, TOWN: False, VILLAGE: True}
+    city_admin = StaffBrowser(w.app, address="10.0.0.9")
+    make_staff(w, "admin-city-p", Role.ADMINISTRATOR, None, must_change=False)
+    city_admin.sign_in("admin-city-p")
+    page = city_admin.get("/admin/rules").get_data(as_text=True)
+    assert page.count('value="deactivate"') == 3

@@ -45,6 +45,7 @@ from server.services.dispensing import (
     deactivate_rule,
     list_rules,
     open_reservations,
+    retirable_rule_ids,
     sync_offline,
     void,
 )
@@ -106,6 +107,7 @@ __all__ = [
     "prune_nonces",
     "record_exam",
     "record_telemetry",
+    "retirable_rule_ids",
     "require_role",
     "register_couple",
     "request_hash",

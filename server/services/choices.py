@@ -40,7 +40,7 @@ def entitlements(session: Session, ctx: Context, kiosk_id: str, proof: Any) -> d
     today = ctx.today(now)
     resident = session.get(Resident, card.resident_id)
     assert resident is not None  # a card row always names its resident
-    rule_set = cached_rules(session, ctx)
+    rule_set = cached_rules(session, ctx, kiosk_id)  # this kiosk's area's rules, as authorize
     usage = load_usage(session, resident.id, rules.lookback_start(rule_set, today))
     return {
         "accepted": True,

@@ -317,6 +317,18 @@ def cached_rules(session: Session, ctx: Context, kiosk_id: str | None = None) ->
     return book.for_region(region_id)
 
 
+def rules_where_resident_lives(
+    session: Session, ctx: Context, resident: Resident
+) -> list[rules.Rule]:
+    """The rules a lookup made away from any kiosk applies to a person: those of the place they
+    live now (their current residence, else where they are registered), as that place's kiosks
+    would (services follow the current residence)."""
+    book: RuleBook = ctx.rules_cache.get(ctx.clock(), lambda: load_rules(session))
+    if not book.by_area:
+        return book.city
+    return book.for_region(resident.current_region_id or resident.region_id)
+
+
 def load_rules(session: Session) -> RuleBook:
     rows = session.execute(
         select(EntitlementRule, Category.code)
@@ -353,9 +365,12 @@ def load_usage(session: Session, resident_id: int, since: dt.date) -> dict[str, 
 
 
 def remaining_for_resident(session: Session, ctx: Context, resident_id: int) -> dict[str, int]:
-    """What the person has left under the city-wide rules."""
+    """What the person has left under the rules of the place they live (no kiosk in question)."""
+    resident = session.get(Resident, resident_id)
+    if resident is None:
+        raise NotFound(f"no resident {resident_id}", code="resident_unknown")
     today = ctx.today()
-    rule_set = cached_rules(session, ctx)
+    rule_set = rules_where_resident_lives(session, ctx, resident)
     usage = load_usage(session, resident_id, rules.lookback_start(rule_set, today))
     return rules.remaining_by_category(rule_set, usage, today)
 
@@ -519,15 +534,29 @@ def create_rule(
     return view
 
 
+def may_change_rule(session: Session, user: StaffUser, rule_region_id: int | None) -> bool:
+    """A city-wide administrator changes any rule; a scoped one only the rules of their area and
+    the areas inside it (never the city's, nor those of the areas above theirs)."""
+    if user.region_id is None:
+        return True
+    return rule_region_id is not None and in_scope(session, user, rule_region_id)
+
+
+def retirable_rule_ids(session: Session, user: StaffUser) -> set[int]:
+    """The active rules `user` may retire (`may_change_rule`): the buttons a page shows."""
+    query = select(EntitlementRule.id).where(EntitlementRule.active.is_(True))
+    if user.region_id is not None:
+        query = query.where(EntitlementRule.region_id.in_(subtree_ids(session, user.region_id)))
+    return set(session.scalars(query))
+
+
 def deactivate_rule(
     session: Session, ctx: Context, user: StaffUser, rule_id: int
 ) -> dict[str, Any]:
     row = session.get(EntitlementRule, rule_id)
     if row is None:
         raise NotFound(f"no rule {rule_id}", code="rule_unknown")
-    if user.region_id is not None and (
-        row.region_id is None or not in_scope(session, user, row.region_id)
-    ):
+    if not may_change_rule(session, user, row.region_id):
         raise Forbidden("this rule is not your area's", code="out_of_scope")
     if row.active:
         row.active = False

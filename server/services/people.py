@@ -5,7 +5,10 @@ regions they are scoped to.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import or_, select, true
@@ -23,7 +26,7 @@ from server.errors import (
 )
 from server.services.context import Context
 from server.store import audit
-from server.store.fieldcrypto import mask_id_number, normalise_id_number
+from server.store.fieldcrypto import id_number_parts, mask_id_number, normalise_id_number
 from server.store.models import (
     Card,
     CardStatus,
@@ -119,28 +122,45 @@ SEXES = frozenset({"F", "M"})
 
 def resident_view(session: Session, ctx: Context, resident: Resident) -> dict[str, Any]:
     """What staff see of a person: decrypted fields, the ID number masked, the cards."""
-    region_code = session.scalar(select(Region.code).where(Region.id == resident.region_id))
-    current_code = (
-        session.scalar(select(Region.code).where(Region.id == resident.current_region_id))
-        if resident.current_region_id is not None
-        else None
-    )
-    cards = session.execute(
-        select(Card.guid, Card.status).where(Card.resident_id == resident.id).order_by(Card.id)
-    ).all()
-    phone = ctx.cipher.decrypt("phone", resident.phone_enc) if resident.phone_enc else None
-    return {
-        "resident_id": resident.id,
-        "name": ctx.cipher.decrypt("name", resident.name_enc),
-        "sex": ctx.cipher.decrypt("sex", resident.sex_enc),
-        "birth_date": ctx.cipher.decrypt("birth_date", resident.birth_date_enc),
-        "phone": phone,
-        "id_number": mask_id_number(resident.id_number_last4),
-        "region": region_code,
-        "current_region": current_code,
-        "status": resident.status.value,
-        "cards": [{"card_guid": guid, "status": status.value} for guid, status in cards],
+    return resident_views(session, ctx, [resident])[0]
+
+
+def resident_views(
+    session: Session, ctx: Context, residents: Sequence[Resident]
+) -> list[dict[str, Any]]:
+    """`resident_view` of several people, with two queries in all (their places' codes, their
+    cards) rather than three per person."""
+    if not residents:
+        return []
+    places = {r.region_id for r in residents} | {
+        r.current_region_id for r in residents if r.current_region_id is not None
     }
+    codes = dict(session.execute(select(Region.id, Region.code).where(Region.id.in_(places))).all())
+    cards: dict[int, list[dict[str, str]]] = defaultdict(list)
+    for resident_id, guid, status in session.execute(
+        select(Card.resident_id, Card.guid, Card.status)
+        .where(Card.resident_id.in_([r.id for r in residents]))
+        .order_by(Card.id)
+    ):
+        cards[resident_id].append({"card_guid": guid, "status": status.value})
+    cipher = ctx.cipher
+    return [
+        {
+            "resident_id": r.id,
+            "name": cipher.decrypt("name", r.name_enc),
+            "sex": cipher.decrypt("sex", r.sex_enc),
+            "birth_date": cipher.decrypt("birth_date", r.birth_date_enc),
+            "phone": cipher.decrypt("phone", r.phone_enc) if r.phone_enc else None,
+            "id_number": mask_id_number(r.id_number_last4),
+            "region": codes.get(r.region_id),
+            "current_region": (
+                codes.get(r.current_region_id) if r.current_region_id is not None else None
+            ),
+            "status": r.status.value,
+            "cards": cards.get(r.id, []),
+        }
+        for r in residents
+    ]
 
 
 def find_residents(
@@ -170,17 +190,8 @@ def find_residents(
     rows = session.scalars(
         query.where(Resident.id > after).order_by(Resident.id).limit(limit)
     ).all()
-    views = []
-    for resident in rows:
-        views.append(resident_view(session, ctx, resident))
-        audit.append(
-            session,
-            at=ctx.now(),
-            actor=f"user:{user.id}",
-            action="resident.read",
-            subject=f"resident:{resident.id}",
-        )
-    return views
+    _audit_reads(session, ctx, user, [resident.id for resident in rows])
+    return resident_views(session, ctx, rows)
 
 
 def _region_id(session: Session, code: str, field: str) -> int:
@@ -236,17 +247,45 @@ def _in_area(session: Session, user: StaffUser) -> Any:
     return or_(Resident.region_id.in_(area), Resident.current_region_id.in_(area))
 
 
-def _audit_read(session: Session, ctx: Context, user: StaffUser, resident_id: int) -> None:
-    audit.append(
+def _audit_reads(session: Session, ctx: Context, user: StaffUser, ids: Sequence[int]) -> None:
+    """Each person shown is one `resident.read` entry (appended together, in the order shown)."""
+    audit.append_many(
         session,
-        at=ctx.now(),
-        actor=f"user:{user.id}",
-        action="resident.read",
-        subject=f"resident:{resident_id}",
+        ctx.now(),
+        [audit.Entry(f"user:{user.id}", "resident.read", f"resident:{i}") for i in ids],
     )
 
 
 MAX_MATCHES = 2000  # people sharing one name, at most, read for one search
+
+_MASKED = re.compile(r"(?:([0-9A-Z]{6})\*+|\**)([0-9A-Z]{4})")
+
+
+@dataclass(frozen=True)
+class MaskedIdNumber:
+    """What a masked view shows of an ID number: the first six characters (None when hidden)
+    and the last four."""
+
+    first6: str | None
+    last4: str
+
+
+def masked_id_number(typed: str) -> MaskedIdNumber | None:
+    """`110105********1234` (first six, stars, last four), `**************1234` or `1234` as a
+    masked number; None for a number without a star and longer than four characters (a full
+    number). Other masks (`1101************1234`) are refused: they are neither what our views
+    nor what the usual national masking print."""
+    compact = re.sub(r"[\s-]", "", typed).upper().replace("\uff0a", "*")
+    if "*" not in compact and len(compact) != 4:
+        return None
+    match = _MASKED.fullmatch(compact)
+    if match is None:
+        raise Unprocessable(
+            "a masked ID number shows its first 6 and last 4 characters, or only the last 4",
+            code="id_number_mask_unknown",
+            field="id_number",
+        )
+    return MaskedIdNumber(match.group(1), match.group(2))
 
 
 def search_residents(
@@ -257,38 +296,76 @@ def search_residents(
     id_number: str | None = None,
     phone: str | None = None,
     name: str | None = None,
+    birth_date: dt.date | None = None,
     after: int = 0,
     limit: int = 25,
 ) -> list[dict[str, Any]]:
-    """Residents registered or living in the user's area, by exact ID number, phone or name
-    (each through its keyed hash; given together, all must match), by id from `after`. Each
-    person returned is an audited read. No commit.
+    """Residents registered or living in the user's area, by ID number, phone or name (each
+    through its keyed hash; given together, all must match), by id from `after`. Each person
+    returned is an audited read. No commit.
+
+    The ID number may be masked (`masked_id_number`): its first six and last four are found
+    through their keyed hash; the last four alone only together with the date of birth (their
+    keyed hash), the name or the phone, never alone (10,000 values: it would list a share of
+    the city). A date of birth is taken only with a masked number.
 
     The keyed hashes are indexed and match few people, so the matches are read through that
     index and the area and the page are applied to them here (an ORDER BY id in SQL would tempt
     the planner to walk every resident by id instead)."""
-    query = select(Resident).where(Resident.id > after)
-    if id_number:
-        query = query.where(Resident.id_number_hash == ctx.cipher.id_number_hash(id_number))
-    if phone:
-        query = query.where(Resident.phone_index == ctx.cipher.blind_index("phone", phone))
-    if name:
-        query = query.where(Resident.name_index == ctx.cipher.blind_index("name", name))
+    masked = masked_id_number(id_number) if id_number else None
+    if birth_date is not None and masked is None:
+        raise Unprocessable(
+            "a date of birth is used with the last 4 of a masked ID number",
+            code="birth_date_needs_last4",
+            field="birth_date",
+        )
     if not (id_number or phone or name):
         return []
+    cipher = ctx.cipher
+    query = select(Resident).where(Resident.id > after)
+    if masked is not None:
+        if masked.first6 is not None:
+            query = query.where(
+                Resident.id_prefix_index == cipher.id_prefix_index(masked.first6, masked.last4)
+            )
+        elif not (birth_date or name or phone):
+            raise Unprocessable(
+                "the last 4 of an ID number alone would list too many people: give the name, "
+                "the date of birth or the phone too",
+                code="id_number_needs_more",
+                field="id_number",
+            )
+        if birth_date is not None:
+            query = query.where(
+                Resident.id_birth_index == cipher.id_birth_index(birth_date, masked.last4)
+            )
+        query = query.where(Resident.id_number_last4 == masked.last4)
+    elif id_number:
+        query = query.where(Resident.id_number_hash == cipher.id_number_hash(id_number))
+    if phone:
+        query = query.where(Resident.phone_index == cipher.blind_index("phone", phone))
+    if name:
+        query = query.where(Resident.name_index == cipher.blind_index("name", name))
     matches = sorted(session.scalars(query.limit(MAX_MATCHES)).all(), key=lambda r: r.id)
     area = None if user.region_id is None else set(subtree_ids(session, user.region_id))
-    views = []
-    for resident in matches:
-        if area is not None and not (
-            resident.region_id in area or resident.current_region_id in area
-        ):
-            continue
-        views.append(resident_view(session, ctx, resident))
-        _audit_read(session, ctx, user, resident.id)
-        if len(views) == limit:
-            break
-    return views
+    shown = [
+        resident
+        for resident in matches
+        if area is None or resident.region_id in area or resident.current_region_id in area
+    ][:limit]
+    if id_number and masked is None:
+        for resident in shown:
+            remember_id_prefix(ctx, resident, id_number)
+    _audit_reads(session, ctx, user, [resident.id for resident in shown])
+    return resident_views(session, ctx, shown)
+
+
+def remember_id_prefix(ctx: Context, resident: Resident, id_number: str) -> None:
+    """Fill the first-six-and-last-four index of a person enrolled before it existed, from their
+    full number (just matched against its keyed hash). No flush."""
+    parts = id_number_parts(id_number)
+    if resident.id_prefix_index is None and parts is not None:
+        resident.id_prefix_index = ctx.cipher.id_prefix_index(*parts)
 
 
 def resident_for_staff(
@@ -311,7 +388,7 @@ def resident_for_staff(
         .where(Couple.active.is_(True))
     )
     view["partner"] = mask_id_number(partner) if partner else None
-    _audit_read(session, ctx, user, resident.id)
+    _audit_reads(session, ctx, user, [resident.id])
     return view
 
 
@@ -319,29 +396,35 @@ def resident_id_by_number(
     session: Session, ctx: Context, user: StaffUser, id_number: str, *, field: str = "id_number"
 ) -> int:
     """The id of the person in the user's area with this ID number (404 otherwise)."""
-    resident_id = session.scalar(
-        select(Resident.id).where(
+    resident = session.scalar(
+        select(Resident).where(
             Resident.id_number_hash == ctx.cipher.id_number_hash(id_number),
             _in_area(session, user),
         )
     )
-    if resident_id is None:
+    if resident is None:
         raise NotFound(
             "nobody in your area has this ID number",
             code="resident_unknown",
             field=field,
         )
-    return resident_id
+    remember_id_prefix(ctx, resident, id_number)
+    return resident.id
 
 
 def reindex_residents(session: Session, ctx: Context, *, batch: int = 1000) -> int:
-    """Fill the phone and name indexes of residents enrolled before they existed. No commit."""
+    """Fill the phone, name and date-of-birth-with-last-four indexes of residents enrolled before
+    they existed (the first-six-and-last-four index needs the full number: `remember_id_prefix`).
+    No commit."""
     done = 0
     after = 0
     while True:
         rows = session.scalars(
             select(Resident)
-            .where(Resident.id > after, Resident.name_index.is_(None))
+            .where(
+                Resident.id > after,
+                Resident.name_index.is_(None) | Resident.id_birth_index.is_(None),
+            )
             .order_by(Resident.id)
             .limit(batch)
         ).all()
@@ -350,6 +433,10 @@ def reindex_residents(session: Session, ctx: Context, *, batch: int = 1000) -> i
         for resident in rows:
             resident.name_index = ctx.cipher.blind_index(
                 "name", ctx.cipher.decrypt("name", resident.name_enc)
+            )
+            resident.id_birth_index = ctx.cipher.id_birth_index(
+                ctx.cipher.decrypt_date("birth_date", resident.birth_date_enc),
+                resident.id_number_last4,
             )
             if resident.phone_enc:
                 resident.phone_index = ctx.cipher.blind_index(
@@ -416,6 +503,7 @@ def enrol_resident(
     id_hash = ctx.cipher.id_number_hash(id_number)
     if session.scalar(select(Resident.id).where(Resident.id_number_hash == id_hash)) is not None:
         raise Conflict("this ID number is already enrolled", code="resident_exists")
+    parts = id_number_parts(id_number)
     resident = Resident(
         region_id=region_id,
         name_enc=ctx.cipher.encrypt("name", name),
@@ -427,6 +515,8 @@ def enrol_resident(
         current_region_id=current_region_id if current_region_id != region_id else None,
         phone_index=ctx.cipher.blind_index("phone", phone) if phone else None,
         name_index=ctx.cipher.blind_index("name", name),
+        id_prefix_index=ctx.cipher.id_prefix_index(*parts) if parts else None,
+        id_birth_index=ctx.cipher.id_birth_index(birth_date, normalise_id_number(id_number)[-4:]),
         status=ResidentStatus.ACTIVE,
         created_at=ctx.now(),
     )

@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, text
@@ -34,6 +36,16 @@ def entry_hash(
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One entry to append (its place in the chain is decided by `append_many`)."""
+
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, Any] | None = None
+
+
 def append(
     session: Session,
     *,
@@ -43,26 +55,39 @@ def append(
     subject: str,
     detail: dict[str, Any] | None = None,
 ) -> AuditEntry:
+    return append_many(session, at, [Entry(actor, action, subject, detail)])[0]
+
+
+def append_many(session: Session, at: dt.datetime, entries: Sequence[Entry]) -> list[AuditEntry]:
+    """Append entries in their order, each chained to the one before, under one lock, one read
+    of the chain's last hash and one INSERT (a page of people read is one append, not one per
+    person: the chain is the same as appending them one by one)."""
+    if not entries:
+        return []
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADVISORY_LOCK_ID})
     prev = session.scalar(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1))
     prev_hash = prev or GENESIS
-    detail_json = json.dumps(
-        detail or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
     at = as_utc(at).replace(microsecond=0)
-    entry = AuditEntry(
-        at=at,
-        actor=actor,
-        action=action,
-        subject=subject,
-        detail=detail_json,
-        prev_hash=prev_hash,
-        hash=entry_hash(prev_hash, at, actor, action, subject, detail_json),
-    )
-    session.add(entry)
+    rows = []
+    for entry in entries:
+        detail_json = json.dumps(
+            entry.detail or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        row = AuditEntry(
+            at=at,
+            actor=entry.actor,
+            action=entry.action,
+            subject=entry.subject,
+            detail=detail_json,
+            prev_hash=prev_hash,
+            hash=entry_hash(prev_hash, at, entry.actor, entry.action, entry.subject, detail_json),
+        )
+        rows.append(row)
+        prev_hash = row.hash
+    session.add_all(rows)
     session.flush()
-    return entry
+    return rows
 
 
 def verify_chain(session: Session) -> int | None:

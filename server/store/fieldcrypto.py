@@ -4,6 +4,11 @@ Each field is AES-256-GCM with a fresh 96-bit nonce and the field's name as asso
 ciphertext cannot be moved to another column unnoticed. Stored form: version (1 byte, 0x01) |
 nonce (12) | ciphertext+tag. The ID-number hash is HMAC-SHA256 under a subkey derived from the
 field key with HKDF, so one configured secret serves both and neither reveals the other.
+
+Masked ID numbers (what a masked view shows: the first six and last four characters, or the last
+four) are found through keyed hashes of those parts *together with* something else (the first
+six, or the date of birth), never of the last four alone: four digits have 10,000 values, and a
+hash of them would be a lookup table for anyone holding it.
 """
 
 from __future__ import annotations
@@ -55,6 +60,23 @@ class FieldCipher:
         for exact search of an encrypted field; the field's name keeps two fields apart."""
         folded = re.sub(r"[\s-]", "", value).casefold()
         return hmac.new(self._hash_key, f"{field}\x00{folded}".encode(), hashlib.sha256).digest()
+
+    def id_prefix_index(self, first6: str, last4: str) -> bytes:
+        """The keyed hash of an ID number's first six and last four characters (a masked
+        number as other systems print it: `110105********1234`)."""
+        return self.blind_index("id_number_prefix", f"{first6.upper()}*{last4.upper()}")
+
+    def id_birth_index(self, birth_date: dt.date, last4: str) -> bytes:
+        """The keyed hash of a person's date of birth and the last four characters of their ID
+        number (what the person can tell, with what a masked view shows)."""
+        return self.blind_index("id_number_birth", f"{birth_date.isoformat()}*{last4.upper()}")
+
+
+def id_number_parts(id_number: str) -> tuple[str, str] | None:
+    """The first six and last four characters of a normalised ID number; None when it is too
+    short to have both apart (fewer than 10)."""
+    number = normalise_id_number(id_number)
+    return (number[:6], number[-4:]) if len(number) >= 10 else None
 
 
 def normalise_id_number(id_number: str) -> str:

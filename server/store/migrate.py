@@ -19,13 +19,17 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade(url_or_engine: str | Engine, revision: str = "head") -> None:
-    """Bring the database to `revision` (default: the newest schema)."""
+def upgrade(
+    url_or_engine: str | Engine, revision: str = "head", *, field_key: bytes | None = None
+) -> None:
+    """Bring the database to `revision` (default: the newest schema). With `field_key` (the
+    server's ONECARD_FIELD_KEY), migrations that add a keyed index fill it for existing rows."""
     engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
     try:
         with engine.begin() as connection:
             config = alembic_config()
             config.attributes["connection"] = connection
+            config.attributes["field_key"] = field_key
             command.upgrade(config, revision)
     finally:
         if isinstance(url_or_engine, str):

@@ -132,6 +132,11 @@ class Resident(Base):
     # Keyed hashes (FieldCipher.blind_index) of the normalised phone and name: exact search.
     phone_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True)
     name_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True)
+    # Keyed hashes for finding by a masked ID number (migration 0016): the first six and last
+    # four characters (FieldCipher.id_prefix_index; NULL until the full number is next seen, for
+    # residents enrolled before), and the date of birth with the last four (id_birth_index).
+    id_prefix_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True)
+    id_birth_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True)
     status: Mapped[ResidentStatus] = mapped_column(
         _enum(ResidentStatus, "resident_status"), default=ResidentStatus.ACTIVE
     )

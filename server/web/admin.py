@@ -404,8 +404,9 @@ def rules() -> Response | str | tuple[str, int]:
             flash(_("Rule retired."), "ok")
             return redirect(url_for("admin.rules"))
     items = services.list_rules(session, user=me)
+    retirable = services.retirable_rule_ids(session, me)
     session.rollback()
-    return render_template("staff/rules.html", form=form, rules=items), status
+    return render_template("staff/rules.html", form=form, rules=items, retirable=retirable), status
 
 
 # --- the region tree -------------------------------------------------------------------------------

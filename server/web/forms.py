@@ -15,6 +15,8 @@ from server.web.i18n import _l
 
 REGION_CODE = r"^[A-Za-z0-9_.-]{0,40}$"
 ID_NUMBER = r"^[0-9A-Za-z -]{6,32}$"
+# A full number, or a masked one: the first 6 and last 4 around stars, or the last 4.
+ID_NUMBER_OR_MASKED = r"^[0-9A-Za-z *\uff0a-]{4,32}$"
 PHONE = r"^\+?[0-9 -]{5,20}$"
 
 # Words for the services' stable refusal codes (server.errors `code`s).
@@ -27,6 +29,11 @@ REFUSALS: dict[str, Any] = {
     "self_disable": _l("You cannot disable yourself."),
     "resident_exists": _l("This ID number is already enrolled."),
     "resident_unknown": _l("Nobody in your area has this ID number."),
+    "id_number_mask_unknown": _l("The full number, or as masked: 110105********1234 or ****1234."),
+    "id_number_needs_more": _l(
+        "With only the last 4, give the full name, the date of birth or the phone too."
+    ),
+    "birth_date_needs_last4": _l("The date of birth is used with the last 4 of the ID number."),
     "category_unknown": _l("There is no category with this code."),
     "slot_taken": _l("This time is full."),
     "slot_invalid": _l("The station does not take appointments at this time."),

@@ -2,7 +2,8 @@
 person shown is an audited read) and record couples.
 
     GET/POST  /technician/enrol              a new resident; the same ID number twice is refused
-    GET       /technician/residents          find by ID number, phone or name (exact), paginated
+    GET       /technician/residents          find by ID number (full or masked), phone or name,
+                                             paginated
     GET       /technician/residents/<id>     one resident (audited), their cards, their couple
     POST      /technician/residents/<id>/couple   record the resident's partner
     POST      /technician/residents/<id>/cards/<guid>/revoke   revoke a lost or stolen card
@@ -14,7 +15,8 @@ person shown is an audited read) and record couples.
     POST      /technician/devices/<id>/toggle    (administrators) enable or disable a device
 
 ID numbers are only ever shown masked (the last four characters); the full number is used once,
-to compute its keyed hash, and never stored or echoed back (the form field is emptied).
+to compute its keyed hash, and never stored or echoed back (the form field is emptied; a masked
+number typed in the find form stays, it shows nothing more than the page does).
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from server.store.db import db
 from server.store.models import CardStatus, Kiosk, Region, Role
 from server.web.access import ctx, page_of, query_int, roles_required, staff_user
 from server.web.base import register_navigation, staff_blueprint
-from server.web.forms import ID_NUMBER, PHONE, REGION_CODE, options, put_error
+from server.web.forms import (
+    ID_NUMBER,
+    ID_NUMBER_OR_MASKED,
+    PHONE,
+    REGION_CODE,
+    options,
+    put_error,
+)
 from server.web.i18n import _, _l
 
 technician = staff_blueprint("technician", __name__, url_prefix="/technician")
@@ -77,14 +86,21 @@ class FindForm(FlaskForm):  # type: ignore[misc]
         csrf = False  # a search changes nothing (each person shown is audited all the same)
 
     id_number = StringField(
-        _l("ID number"),
-        validators=[Optional(), Regexp(ID_NUMBER, message=_l("6 to 32 letters and digits."))],
+        _l("ID number, full or masked"),
+        validators=[
+            Optional(),
+            Regexp(
+                ID_NUMBER_OR_MASKED,
+                message=_l("The full number, or as masked: 110105********1234 or ****1234."),
+            ),
+        ],
     )
     phone = StringField(
         _l("Phone"),
         validators=[Optional(), Regexp(PHONE, message=_l("Digits, spaces and dashes only."))],
     )
     name = StringField(_l("Full name"), validators=[Optional(), Length(max=200)])
+    birth_date = DateField(_l("Date of birth"), validators=[Optional()])
 
 
 class CoupleForm(FlaskForm):  # type: ignore[misc]
@@ -130,23 +146,33 @@ def enrol() -> Response | str | tuple[str, int]:
 @roles_required(*PEOPLE)
 def find() -> str | tuple[str, int]:
     form = FindForm(request.args)
-    given = bool(form.id_number.data or form.phone.data or form.name.data)
+    given = bool(
+        form.id_number.data or form.phone.data or form.name.data or request.args.get("birth_date")
+    )
     rows: list[dict] = []
     if given and form.validate():
         session = db.session
-        rows = people.search_residents(
-            session,
-            ctx(),
-            staff_user(),
-            id_number=form.id_number.data or None,
-            phone=form.phone.data or None,
-            name=(form.name.data or "").strip() or None,
-            after=query_int("after"),
-            limit=PAGE + 1,
-        )
-        session.commit()  # the audited reads
+        try:
+            rows = people.search_residents(
+                session,
+                ctx(),
+                staff_user(),
+                id_number=form.id_number.data or None,
+                phone=form.phone.data or None,
+                name=(form.name.data or "").strip() or None,
+                birth_date=form.birth_date.data,
+                after=query_int("after"),
+                limit=PAGE + 1,
+            )
+        except ApiError as exc:
+            session.rollback()
+            put_error(form, exc, "id_number")
+        else:
+            session.commit()  # the audited reads
     page = page_of(rows, lambda r: r["resident_id"], PAGE)
-    form.id_number.data = ""
+    typed = (form.id_number.data or "").replace("\uff0a", "*")
+    if "*" not in typed and len(typed.strip()) > 4:
+        form.id_number.data = ""  # a full number is never echoed back; a masked one may stay
     html = render_template("staff/find.html", form=form, page=page, searched=given)
     return (html, 400) if form.errors else html
 
