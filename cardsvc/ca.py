@@ -14,6 +14,12 @@ digitalSignature, extendedKeyUsage id-PIV-cardAuth (2.16.840.1.101.3.6.8), the k
 and for a staff card (`issue(..., role=CardRole.STAFF)`) certificatePolicies with
 `cardsvc.verify.STAFF_CARD_POLICY`, which tells a staff card from a resident's (verify.card_role).
 
+A staff card has a second certificate, for its PIV authentication key (slot 9A, which the card
+uses only after its PIN): `issue(..., role=CardRole.STAFF, pin_bound=True)` names the same GUID
+and validity, extendedKeyUsage clientAuth instead of id-PIV-cardAuth, and the policies
+STAFF_CARD_POLICY and `cardsvc.verify.STAFF_SIGN_IN_POLICY` (the only certificate staff sign-in
+accepts). `staff_issuer()` makes both at issuance (cardsvc.provision.provision_card).
+
 The CA also signs CHUIDs: a detached CMS SignedData over the CHUID's objects before tag 3E.
 """
 
@@ -29,9 +35,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID, ObjectIdentifier
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
-from .verify import STAFF_CARD_POLICY, CardRole
+from .verify import STAFF_CARD_POLICY, STAFF_SIGN_IN_POLICY, CardRole
 
 KEY_FILE = "ca-key.pem"
 CERT_FILE = "ca-cert.pem"
@@ -148,11 +154,15 @@ class CardCA:
         *,
         not_before: datetime | None = None,
         role: CardRole = CardRole.RESIDENT,
+        pin_bound: bool = False,
     ) -> bytes:
         """A card certificate (DER) for a card's 9E public key and its 16-byte GUID; a staff
-        card's carries the staff certificate policy."""
+        card's carries the staff certificate policy. `pin_bound`: the staff card's 9A
+        (PIV authentication) certificate instead, the one staff sign-in accepts."""
         if len(guid) != 16:
             raise ValueError("a card GUID has 16 bytes")
+        if pin_bound and role is not CardRole.STAFF:
+            raise ValueError("only a staff card has a PIN-bound sign-in certificate")
         card_uuid = str(uuid.UUID(bytes=guid))
         not_before = not_before or datetime.now(UTC) - timedelta(minutes=5)
         ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
@@ -179,7 +189,12 @@ class CardCA:
                 ),
                 critical=True,
             )
-            .add_extension(x509.ExtendedKeyUsage([ID_PIV_CARD_AUTH]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.CLIENT_AUTH] if pin_bound else [ID_PIV_CARD_AUTH]
+                ),
+                critical=False,
+            )
             .add_extension(
                 x509.SubjectAlternativeName(
                     [x509.UniformResourceIdentifier(f"urn:uuid:{card_uuid}")]
@@ -193,8 +208,9 @@ class CardCA:
             )
         )
         if role is CardRole.STAFF:
+            policies = [STAFF_CARD_POLICY, *([STAFF_SIGN_IN_POLICY] if pin_bound else [])]
             builder = builder.add_extension(
-                x509.CertificatePolicies([x509.PolicyInformation(STAFF_CARD_POLICY, None)]),
+                x509.CertificatePolicies([x509.PolicyInformation(p, None) for p in policies]),
                 critical=False,
             )
         return builder.sign(self.private_key, hashes.SHA256()).public_bytes(
@@ -202,8 +218,9 @@ class CardCA:
         )
 
     def staff_issuer(self) -> StaffCardIssuer:
-        """This CA as `cardsvc.provision.CardIssuer` for a staff card (its certificate carries
-        the staff policy): `provision_card(piv, ca.staff_issuer(), pin=...)`."""
+        """This CA as `cardsvc.provision.SignInCardIssuer` for a staff card (its certificates
+        carry the staff policy; the 9A one is PIN-bound):
+        `provision_card(piv, ca.staff_issuer(), pin=...)`."""
         return StaffCardIssuer(self)
 
     def sign_detached(self, content: bytes) -> bytes:
@@ -221,8 +238,8 @@ class CardCA:
 
 @dataclass(frozen=True)
 class StaffCardIssuer:
-    """A card CA that certifies staff cards (role STAFF); the provisioning steps are a resident
-    card's (cardsvc.provision)."""
+    """A card CA that certifies staff cards (role STAFF): the 9E certificate, as a resident
+    card's, and the PIN-bound 9A certificate staff sign in with (cardsvc.provision)."""
 
     ca: CardCA
 
@@ -230,6 +247,11 @@ class StaffCardIssuer:
         self, public_key: ec.EllipticCurvePublicKey, guid: bytes, not_after: datetime
     ) -> bytes:
         return self.ca.issue(public_key, guid, not_after, role=CardRole.STAFF)
+
+    def issue_sign_in(
+        self, public_key: ec.EllipticCurvePublicKey, guid: bytes, not_after: datetime
+    ) -> bytes:
+        return self.ca.issue(public_key, guid, not_after, role=CardRole.STAFF, pin_bound=True)
 
     def sign_detached(self, content: bytes) -> bytes:
         return self.ca.sign_detached(content)

@@ -7,6 +7,11 @@ On the card (SP 800-73-4 objects):
 - the 9E certificate (5FC101), issued by the city card CA, naming only the card GUID (ca.py).
 No name, no ID number, no health data.
 
+A staff card (issued with `CardCA.staff_issuer()`) holds the same, its 9E certificate carrying
+the staff policy, and also a PIV authentication key (slot 9A, ECC P-256, generated on the card)
+with its certificate (5FC105, `cardsvc.verify.STAFF_SIGN_IN_POLICY`). The card uses 9A only
+after VERIFY PIN, as PIV requires; staff sign in with it (`sign_in`). Kiosks keep using 9E.
+
 A tap is SELECT, GET DATA CHUID, GET DATA 9E certificate (skipped when the kiosk already has
 it), GENERAL AUTHENTICATE 9E: four APDUs at most with extended APDUs, three with the cache.
 Both objects are free-read and the 9E key needs no PIN, as PIV intends for physical access.
@@ -30,6 +35,7 @@ __all__ = [
     "encode_fasc_n",
     "prove",
     "read_card",
+    "sign_in",
 ]
 
 TAG_FASC_N = 0x30
@@ -161,3 +167,16 @@ def read_card(piv: PivSession, *, certificates: Mapping[bytes, bytes] | None = N
 def prove(piv: PivSession, challenge: TapChallenge) -> bytes:
     """Have the card sign SHA-256(challenge) with its 9E key; the DER ECDSA signature."""
     return piv.sign_digest(Slot.CARD_AUTH, challenge.digest(), Algorithm.ECCP256)
+
+
+def sign_in(piv: PivSession, pin: str, digest: bytes) -> tuple[bytes, bytes]:
+    """A staff card's answer to a sign-in challenge's `digest`: its 9A certificate and the 9A
+    key's DER ECDSA signature, after VERIFY `pin` (without it the card refuses 9A, SW 6982).
+    A card without a 9A certificate raises `NotFoundError` before the PIN is tried."""
+    piv.select()
+    try:
+        certificate = piv.get_certificate(Slot.AUTHENTICATION)
+    except TlvError as exc:
+        raise BadResponseError(f"malformed certificate object: {exc}") from exc
+    piv.verify_pin(pin)
+    return certificate, piv.sign_digest(Slot.AUTHENTICATION, digest, Algorithm.ECCP256)

@@ -1,5 +1,7 @@
 """Provisioning a card for a resident (technician side): the card makes its 9E key, the city
-card CA certifies it, and the certificate and the CHUID are written.
+card CA certifies it, and the certificate and the CHUID are written. A staff card
+(`SignInCardIssuer`, e.g. `CardCA.staff_issuer()`) also gets a PIV authentication key (slot 9A,
+used by the card only after its PIN) and its certificate, the one staff sign in with.
 
 Order of writes: the certificate first, the CHUID last. A card pulled midway has no CHUID for
 its new key, so it is never mistaken for an issued card; provisioning it again starts over
@@ -14,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -45,12 +47,22 @@ class CardIssuer(Protocol):
     def sign_detached(self, content: bytes) -> bytes: ...
 
 
+@runtime_checkable
+class SignInCardIssuer(CardIssuer, Protocol):
+    """A CA that also certifies a staff card's PIN-bound 9A key (cardsvc.ca.StaffCardIssuer)."""
+
+    def issue_sign_in(
+        self, public_key: ec.EllipticCurvePublicKey, guid: bytes, not_after: datetime
+    ) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class ProvisionedCard:
     guid: bytes
     certificate_der: bytes
     expiry: date
     public_key_der: bytes
+    sign_in_certificate_der: bytes | None = None  # a staff card's 9A certificate
 
 
 def new_guid() -> bytes:
@@ -92,6 +104,11 @@ def provision_card(
     public_key = piv.generate_key(Slot.CARD_AUTH, Algorithm.ECCP256)
     certificate = ca.issue(public_key, guid, not_after)
     piv.put_certificate(Slot.CARD_AUTH, certificate)
+    sign_in_certificate = None
+    if isinstance(ca, SignInCardIssuer):
+        sign_in_key = piv.generate_key(Slot.AUTHENTICATION, Algorithm.ECCP256)
+        sign_in_certificate = ca.issue_sign_in(sign_in_key, guid, not_after)
+        piv.put_certificate(Slot.AUTHENTICATION, sign_in_certificate)
     unsigned = Chuid(guid, expiry)
     chuid = Chuid(guid, expiry, unsigned.fasc_n, ca.sign_detached(unsigned.signed_content()))
     piv.put_object(ObjectId.CHUID, chuid.to_bytes())
@@ -104,6 +121,7 @@ def provision_card(
         certificate,
         expiry,
         public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+        sign_in_certificate,
     )
 
 
@@ -152,6 +170,7 @@ __all__ = [
     "DEFAULT_VALID_DAYS",
     "CardIssuer",
     "ProvisionedCard",
+    "SignInCardIssuer",
     "diversify_management_key",
     "finish_card",
     "set_puk",

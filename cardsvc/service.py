@@ -6,7 +6,8 @@ offered to the staff web pages over HTTP on 127.0.0.1.
     POST /v1/card/read           the card's GUID, expiry and 9E certificate
     POST /v1/card/prove          {kiosk_id, counter, time_ms, nonce} → a tap proof and certificate
     POST /v1/card/sign-in        {challenge, pin} → the staff card's signature over the server's
-                                  sign-in challenge, and its certificate (cardsvc.signin)
+                                  sign-in challenge with its PIN-bound 9A key, after VERIFY PIN,
+                                  and its 9A certificate (cardsvc.signin, profile.sign_in)
     POST /v1/provision/generate  {management_key, management_key_type} → the new 9E public key
     POST /v1/provision/write     {management_key, management_key_type, certificate, guid, expiry,
                                   chuid_signature?, new_management_key?, pin?} → written
@@ -84,6 +85,7 @@ from .piv import (
     Slot,
 )
 from .profile import Chuid, prove, read_card
+from .profile import sign_in as card_sign_in
 from .provision import finish_card
 from .signin import SignInChallenge
 from .verify import TapChallenge, guid_from_certificate
@@ -231,12 +233,16 @@ class CardService:
         if not (6 <= len(pin) <= 8 and pin.isdigit()):
             raise RequestError(400, "pin_malformed", "a PIN is 6 to 8 digits")
         with self._card() as piv:
-            card = read_card(piv)
-            piv.verify_pin(pin)
-            # The staff card's profile has only the 9E key, which the card lets sign without a
-            # PIN; the PIN is verified just before (docs/staff-pages.md says why that is weaker).
-            signature = piv.sign_digest(Slot.CARD_AUTH, challenge.digest(), Algorithm.ECCP256)
-        return {"signature": _b64(signature), "certificate": _b64(card.certificate_der)}
+            try:
+                # The 9A key: the card itself refuses it before the PIN is verified.
+                certificate, signature = card_sign_in(piv, pin, challenge.digest())
+            except NotFoundError as exc:
+                raise RequestError(
+                    422,
+                    "no_sign_in_key",
+                    "this card has no PIN-bound sign-in key (slot 9A): issue it again",
+                ) from exc
+        return {"signature": _b64(signature), "certificate": _b64(certificate)}
 
     def provision_generate(self, body: dict[str, Any]) -> dict[str, Any]:
         key = _bytes_field(body, "management_key", hex_=True, optional=True)

@@ -20,6 +20,12 @@ as trustworthy as the city card CA; a kiosk enters maintenance only for a STAFF 
 server never takes a staff card for a resident's (it is not in its register of residents' cards).
 A staff card's PIN is checked by the card itself (VERIFY), never by the kiosk.
 
+A staff card also holds a PIV authentication key (slot 9A), which the card uses only after
+its PIN was verified (SP 800-73-4: PIN before each use in the session). Its certificate carries
+`STAFF_SIGN_IN_POLICY` besides the staff policy (`VerifiedCard.pin_bound`); staff sign-in on the
+server accepts only such a certificate, so a signature it accepts was made after the PIN, by the
+card itself. The 9E certificate never carries it (9E signs without a PIN).
+
 A clone (every readable object copied to another card, but not the private key) fails at 5.
 The challenge layout and its JSON form are fixed in docs/interfaces.md.
 
@@ -55,6 +61,10 @@ _U64 = 1 << 64
 STAFF_CARD_POLICY = x509.ObjectIdentifier("2.25.176198129014152726890687880169752508991")
 """Certificate policy of a OneCard staff card (technicians, station staff)."""
 
+STAFF_SIGN_IN_POLICY = x509.ObjectIdentifier("2.25.187032726940496799002908900798281492415")
+"""Certificate policy of a staff card's PIV authentication certificate (slot 9A): its key signs
+only after the card's PIN, so staff sign-in accepts this certificate only."""
+
 
 class CardRole(StrEnum):
     """Whose card a certificate is: a resident's (no OneCard policy) or staff's."""
@@ -63,14 +73,19 @@ class CardRole(StrEnum):
     STAFF = "staff"
 
 
-def card_role(certificate: x509.Certificate) -> CardRole:
-    """STAFF when the certificate carries STAFF_CARD_POLICY, else RESIDENT. Call it only on a
-    certificate that verified (`verify_certificate`): the role is the CA's word."""
+def certificate_policies(certificate: x509.Certificate) -> frozenset[x509.ObjectIdentifier]:
+    """The certificate policies a certificate names (none: empty)."""
     try:
         policies = certificate.extensions.get_extension_for_class(x509.CertificatePolicies).value
     except x509.ExtensionNotFound:
-        return CardRole.RESIDENT
-    if any(p.policy_identifier == STAFF_CARD_POLICY for p in policies):
+        return frozenset()
+    return frozenset(p.policy_identifier for p in policies)
+
+
+def card_role(certificate: x509.Certificate) -> CardRole:
+    """STAFF when the certificate carries STAFF_CARD_POLICY, else RESIDENT. Call it only on a
+    certificate that verified (`verify_certificate`): the role is the CA's word."""
+    if STAFF_CARD_POLICY in certificate_policies(certificate):
         return CardRole.STAFF
     return CardRole.RESIDENT
 
@@ -167,6 +182,12 @@ class VerifiedCard:
     @property
     def role(self) -> CardRole:
         return card_role(self.certificate)
+
+    @property
+    def pin_bound(self) -> bool:
+        """A staff card's 9A certificate: its key signs only after the card's PIN."""
+        policies = certificate_policies(self.certificate)
+        return STAFF_CARD_POLICY in policies and STAFF_SIGN_IN_POLICY in policies
 
     @property
     def public_key_der(self) -> bytes:

@@ -1,7 +1,8 @@
 """Staff-card sign-in in process (SQLite and PostgreSQL): the server's challenge, the card's
-answer checked against the city card CA, the staff policy, revocation and the card's link to a
-user; single use and expiry; a role that must use its card is refused its password; every
-refusal audited (server.services.staff_cards, server.web.auth)."""
+answer checked against the city card CA, the staff policy (the PIN-bound 9A certificate only,
+never the 9E one), revocation and the card's link to a user; single use and expiry; a role that
+must use its card is refused its password; every refusal audited (server.services.staff_cards,
+server.web.auth)."""
 
 from __future__ import annotations
 
@@ -46,15 +47,27 @@ def challenge_of(browser: StaffBrowser) -> bytes:
 
 
 def answer(
-    browser: StaffBrowser, card: TestCard, challenge: bytes, *, signed: bytes | None = None
+    browser: StaffBrowser,
+    card: TestCard,
+    challenge: bytes,
+    *,
+    signed: bytes | None = None,
+    key_9e: bool = False,
 ) -> Any:
-    signature = card.key.sign(signed or challenge, ec.ECDSA(hashes.SHA256()))
+    """What the card service hands the page: a staff card's 9A certificate and signature (with
+    `key_9e`, its 9E pair instead, which signs without a PIN); a resident's card has only 9E."""
+    key, certificate = (
+        card.sign_in_pair()
+        if isinstance(card, StaffCard) and not key_9e
+        else (card.key, card.certificate_der)
+    )
+    signature = key.sign(signed or challenge, ec.ECDSA(hashes.SHA256()))
     browser.get("/sign-in")
     return browser.client.post(
         "/auth/card/verify",
         json={
             "challenge": _b64(challenge),
-            "certificate": _b64(card.certificate_der),
+            "certificate": _b64(certificate),
             "signature": _b64(signature),
         },
         base_url="https://localhost",
@@ -146,6 +159,7 @@ def test_a_challenge_the_server_did_not_issue_or_for_another_origin_is_refused(
     [
         ("other_ca", "card_untrusted_issuer"),
         ("resident_card", "not_staff_card"),
+        ("key_9e", "not_pin_bound_key"),
         ("unlinked", "card_unassigned"),
         ("revoked", "card_revoked"),
         ("wrong_key", "bad_signature"),
@@ -157,6 +171,7 @@ def test_a_card_that_is_not_a_live_linked_staff_card_is_refused_and_audited(
 ) -> None:
     card: TestCard = nurse_card
     signed: bytes | None = None
+    key_9e = case == "key_9e"  # the staff card's own 9E key: no PIN needed to sign with it
     browser = StaffBrowser(server_world.app)
     challenge = challenge_of(browser)
     if case == "other_ca":
@@ -177,7 +192,7 @@ def test_a_card_that_is_not_a_live_linked_staff_card_is_refused_and_audited(
             assert user is not None
             user.active = False
             session.commit()
-    refused = answer(browser, card, challenge, signed=signed)
+    refused = answer(browser, card, challenge, signed=signed, key_9e=key_9e)
     assert refused.status_code == 401
     assert refused.get_json()["code"] == code
     assert browser.get("/account").status_code == 302
@@ -238,12 +253,12 @@ def test_the_verify_call_needs_the_csrf_token(
 ) -> None:
     browser = StaffBrowser(server_world.app)
     challenge = challenge_of(browser)
-    signature = nurse_card.key.sign(challenge, ec.ECDSA(hashes.SHA256()))
+    signature = nurse_card.sign_in_key.sign(challenge, ec.ECDSA(hashes.SHA256()))
     response = browser.client.post(
         "/auth/card/verify",
         json={
             "challenge": _b64(challenge),
-            "certificate": _b64(nurse_card.certificate_der),
+            "certificate": _b64(nurse_card.sign_in_certificate_der),
             "signature": _b64(signature),
         },
         base_url="https://localhost",

@@ -3,10 +3,12 @@ desk's card service (cardsvc.service, POST /v1/card/sign-in).
 
 1. `issue_challenge`: a random challenge bound to the server's origin, expiring after
    CHALLENGE_LIFETIME (cardsvc.signin.SignInChallenge); only its SHA-256 is kept.
-2. The card service checks the origin, VERIFYs the PIN and has the card sign the challenge.
+2. The card service checks the origin, VERIFYs the PIN and has the card sign the challenge
+   with its PIV authentication key (slot 9A), which the card refuses to use before the PIN.
 3. `sign_in_with_card`: the challenge is one this server issued for this origin, unexpired and
    unused (it is used up now, whatever follows); the certificate chains to the city card CA, is
-   valid, carries the staff policy, is not revoked (the card revocation list or the staff card's
+   valid, carries the staff policy and is the card's PIN-bound 9A certificate
+   (`cardsvc.verify.STAFF_SIGN_IN_POLICY`; the 9E key signs without a PIN), is not revoked (the card revocation list or the staff card's
    own revocation); its GUID is linked to an active staff user (`assign`); the signature over the
    challenge verifies with the certificate's key. Then the same server-side session as a
    password sign-in opens (staff_auth.open_session, method "card"). Every refusal is audited
@@ -142,6 +144,8 @@ def sign_in_with_card(
     guid = card.guid.hex()
     if card.role is not CardRole.STAFF:
         return _refuse(session, ctx, address, "not_staff_card", card=guid)
+    if not card.pin_bound:  # e.g. the 9E certificate, whose key signs without the PIN
+        return _refuse(session, ctx, address, "not_pin_bound_key", card=guid)
     linked = session.get(StaffCard, guid)
     revoked = session.scalar(select(CardRevocation.seq).where(CardRevocation.card_guid == guid))
     if revoked is not None or (linked is not None and linked.revoked_at is not None):
