@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import threading
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,40 @@ def test_migration_0016_fills_the_birth_index_and_a_full_number_fills_the_prefix
             session.commit()
     finally:
         w.close()
+
+
+def test_pages_of_reads_appended_at_once_by_two_desks_keep_one_chain(
+    server_world: ServerWorld,
+) -> None:
+    """Two technicians searching at the same time: each page of people is appended in one go,
+    and the appends never fork the chain (the lock is taken before the last hash is read)."""
+    w = server_world
+    enrol_people(w)
+    users = [
+        make_staff(w, f"tech-desk-{n}", Role.TECHNICIAN, TOWN, must_change=False) for n in (1, 2)
+    ]
+    rounds = 12
+    failures: list[BaseException] = []
+
+    def desk(user_id: int) -> None:
+        try:
+            with w.sessionmaker() as session:
+                user = session.get(StaffUser, user_id)
+                for _ in range(rounds):
+                    found = people.search_residents(
+                        session, w.ctx, user, id_number="110105********1234"
+                    )
+                    assert len(found) == 2
+                    session.commit()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=desk, args=(user_id,)) for user_id in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    with w.sessionmaker() as session:
+        assert audit.verify_chain(session) is None
+    assert [len(reads(w, user_id)) for user_id in users] == [2 * rounds, 2 * rounds]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from server.store.models import AuditEntry
@@ -54,16 +54,21 @@ def append(
     action: str,
     subject: str,
     detail: dict[str, Any] | None = None,
-) -> AuditEntry:
-    return append_many(session, at, [Entry(actor, action, subject, detail)])[0]
+) -> None:
+    append_many(session, at, [Entry(actor, action, subject, detail)])
 
 
-def append_many(session: Session, at: dt.datetime, entries: Sequence[Entry]) -> list[AuditEntry]:
+def append_many(session: Session, at: dt.datetime, entries: Sequence[Entry]) -> None:
     """Append entries in their order, each chained to the one before, under one lock, one read
     of the chain's last hash and one INSERT (a page of people read is one append, not one per
-    person: the chain is the same as appending them one by one)."""
+    person: the chain is the same as appending them one by one).
+
+    The lock is its own statement, before the read: under READ COMMITTED each statement sees
+    what was committed when it began, so a read in the same statement as the lock could miss an
+    append committed while it waited, and fork the chain. The INSERT is a Core one (no ORM
+    objects to track: nobody reads the rows back in this transaction)."""
     if not entries:
-        return []
+        return
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADVISORY_LOCK_ID})
     prev = session.scalar(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1))
@@ -74,20 +79,20 @@ def append_many(session: Session, at: dt.datetime, entries: Sequence[Entry]) -> 
         detail_json = json.dumps(
             entry.detail or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
         )
-        row = AuditEntry(
-            at=at,
-            actor=entry.actor,
-            action=entry.action,
-            subject=entry.subject,
-            detail=detail_json,
-            prev_hash=prev_hash,
-            hash=entry_hash(prev_hash, at, entry.actor, entry.action, entry.subject, detail_json),
+        hashed = entry_hash(prev_hash, at, entry.actor, entry.action, entry.subject, detail_json)
+        rows.append(
+            {
+                "at": at,
+                "actor": entry.actor,
+                "action": entry.action,
+                "subject": entry.subject,
+                "detail": detail_json,
+                "prev_hash": prev_hash,
+                "hash": hashed,
+            }
         )
-        rows.append(row)
-        prev_hash = row.hash
-    session.add_all(rows)
-    session.flush()
-    return rows
+        prev_hash = hashed
+    session.execute(insert(AuditEntry.__table__), rows)
 
 
 def verify_chain(session: Session) -> int | None:

@@ -173,7 +173,8 @@ def find() -> str | tuple[str, int]:
     typed = (form.id_number.data or "").replace("\uff0a", "*")
     if "*" not in typed and len(typed.strip()) > 4:
         form.id_number.data = ""  # a full number is never echoed back; a masked one may stay
-    html = render_template("staff/find.html", form=form, page=page, searched=given)
+    searched = given and not form.errors  # a refused search shows its reason, not "nobody"
+    html = render_template("staff/find.html", form=form, page=page, searched=searched)
     return (html, 400) if form.errors else html
 
 
