@@ -65,7 +65,7 @@ def append_many(session: Session, at: dt.datetime, entries: Sequence[Entry]) -> 
 
     The lock is its own statement, before the read: under READ COMMITTED each statement sees
     what was committed when it began, so a read in the same statement as the lock could miss an
-    append committed while it waited, and fork the chain. The INSERT is a Core one (no ORM
+    append committed while it waited, and fork the chain. The INSERT is a bulk one (no ORM
     objects to track: nobody reads the rows back in this transaction)."""
     if not entries:
         return
@@ -92,7 +92,7 @@ def append_many(session: Session, at: dt.datetime, entries: Sequence[Entry]) -> 
             }
         )
         prev_hash = hashed
-    session.execute(insert(AuditEntry.__table__), rows)
+    session.execute(insert(AuditEntry), rows)
 
 
 def verify_chain(session: Session) -> int | None:

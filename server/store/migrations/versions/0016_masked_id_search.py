@@ -40,7 +40,8 @@ def upgrade() -> None:
         table.add_column(sa.Column("id_birth_index", sa.LargeBinary(32)))
         table.create_index("ix_residents_id_prefix_index", ["id_prefix_index"])
         table.create_index("ix_residents_id_birth_index", ["id_birth_index"])
-    key = op.get_context().config.attributes.get("field_key")
+    config = op.get_context().config
+    key = config.attributes.get("field_key") if config is not None else None
     if key:
         fill_birth_index(op.get_bind(), FieldCipher(key))
 
