@@ -125,6 +125,21 @@ def provision_card(
     )
 
 
+def generate_keys(
+    piv: PivSession, *, sign_in: bool = False
+) -> tuple[ec.EllipticCurvePublicKey, ec.EllipticCurvePublicKey | None]:
+    """The card makes its 9E key and, for a staff card (`sign_in`), its PIN-bound 9A key; their
+    public keys. `piv` is authenticated already."""
+    public_key = piv.generate_key(Slot.CARD_AUTH, Algorithm.ECCP256)
+    sign_in_key = piv.generate_key(Slot.AUTHENTICATION, Algorithm.ECCP256) if sign_in else None
+    return public_key, sign_in_key
+
+
+def spki(public_key: ec.EllipticCurvePublicKey) -> bytes:
+    """A public key as DER SubjectPublicKeyInfo, as the server's certify calls take it."""
+    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
 def set_puk(piv: PivSession, puk: str, default_management: bool) -> None:
     """Give the card its own PUK. A card still on the default management key may carry the
     default PUK or, after an interrupted run, this PUK already; a card on its own management key
@@ -148,14 +163,18 @@ def finish_card(
     pin: str | None = None,
     management_key: tuple[ManagementKeyType, bytes] | None = None,
     default_management: bool = False,
+    sign_in_certificate_der: bytes | None = None,
     step: Callable[[str], None] = lambda _: None,
 ) -> None:
     """The card-side steps after the server certified the card's new key, in their order: the
-    certificate and the server-signed CHUID; then, for an issuance, the PUK and the holder's PIN
-    (RESET RETRY COUNTER with the PUK sets it whatever it was); the card's own management key
-    last. A renewal passes only the certificate and the CHUID. `piv` is authenticated already."""
+    certificate (and a staff card's 9A certificate, `sign_in_certificate_der`) and the
+    server-signed CHUID; then, for an issuance, the PUK and the holder's PIN (RESET RETRY
+    COUNTER with the PUK sets it whatever it was); the card's own management key last. A
+    renewal passes only the certificate and the CHUID. `piv` is authenticated already."""
     step("write certificate and CHUID")
     piv.put_certificate(Slot.CARD_AUTH, certificate_der)
+    if sign_in_certificate_der is not None:
+        piv.put_certificate(Slot.AUTHENTICATION, sign_in_certificate_der)
     piv.put_object(ObjectId.CHUID, chuid)
     if puk is not None and pin is not None:
         step("set PIN")
@@ -173,6 +192,8 @@ __all__ = [
     "SignInCardIssuer",
     "diversify_management_key",
     "finish_card",
+    "generate_keys",
+    "spki",
     "set_puk",
     "new_guid",
     "provision_card",

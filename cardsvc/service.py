@@ -8,12 +8,16 @@ offered to the staff web pages over HTTP on 127.0.0.1.
     POST /v1/card/sign-in        {challenge, pin} → the staff card's signature over the server's
                                   sign-in challenge with its PIN-bound 9A key, after VERIFY PIN,
                                   and its 9A certificate (cardsvc.signin, profile.sign_in)
-    POST /v1/provision/generate  {management_key, management_key_type} → the new 9E public key
+    POST /v1/provision/generate  {management_key, management_key_type, sign_in?} → the new 9E
+                                  public key; with `sign_in: true` (a staff card) also the new
+                                  PIN-bound 9A key, `sign_in_public_key`
     POST /v1/provision/write     {management_key, management_key_type, certificate, guid, expiry,
                                   chuid_signature?, new_management_key?, pin?} → written
     POST /v1/card/identify       the GUID of the card's CHUID, or null for a blank card
     POST /v1/provision/finish    {management_key?, management_key_type?, certificate, chuid,
-                                  puk?, pin?, new_management_key?} → written: the steps of
+                                  sign_in_certificate?, puk?, pin?, new_management_key?} →
+                                  written (a staff card's 9A certificate with the 9E one): the
+                                  steps of
                                   `onecard card provision` after the server certified the key
                                   (cardsvc.provision.finish_card); with only the certificate and
                                   the CHUID, a renewal's write
@@ -57,7 +61,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .errors import (
     ApduError,
@@ -78,7 +81,6 @@ from .pcsc import PcscConnection, PcscReader, list_readers
 from .piv import (
     DEFAULT_MANAGEMENT_KEY,
     DEFAULT_PIN,
-    Algorithm,
     ManagementKeyType,
     ObjectId,
     PivSession,
@@ -86,7 +88,7 @@ from .piv import (
 )
 from .profile import Chuid, prove, read_card
 from .profile import sign_in as card_sign_in
-from .provision import finish_card
+from .provision import finish_card, generate_keys, spki
 from .signin import SignInChallenge
 from .verify import TapChallenge, guid_from_certificate
 
@@ -247,12 +249,15 @@ class CardService:
     def provision_generate(self, body: dict[str, Any]) -> dict[str, Any]:
         key = _bytes_field(body, "management_key", hex_=True, optional=True)
         key_type = _key_type(body, "management_key_type")
+        staff = _field(body, "sign_in", bool, optional=True) or False
         with self._card() as piv:
             piv.select()
             piv.authenticate(DEFAULT_MANAGEMENT_KEY if key is None else key, key_type)
-            public_key = piv.generate_key(Slot.CARD_AUTH, Algorithm.ECCP256)
-        spki = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        return {"public_key": _b64(spki)}
+            public_key, sign_in_key = generate_keys(piv, sign_in=staff)
+        answer = {"public_key": _b64(spki(public_key))}
+        if sign_in_key is not None:  # a staff card's PIN-bound 9A key
+            answer["sign_in_public_key"] = _b64(spki(sign_in_key))
+        return answer
 
     def provision_write(self, body: dict[str, Any]) -> dict[str, Any]:
         key = _bytes_field(body, "management_key", hex_=True) or b""
@@ -308,6 +313,16 @@ class CardService:
             raise RequestError(400, "bad_request", f"bad certificate or CHUID: {exc}") from exc
         if named != guid:
             raise RequestError(400, "bad_request", "the certificate names another card GUID")
+        sign_in_der = _bytes_field(body, "sign_in_certificate", hex_=False, optional=True)
+        if sign_in_der is not None:
+            try:
+                sign_in_named = guid_from_certificate(x509.load_der_x509_certificate(sign_in_der))
+            except ValueError as exc:
+                raise RequestError(400, "bad_request", f"bad sign-in certificate: {exc}") from exc
+            if sign_in_named != guid:
+                raise RequestError(
+                    400, "bad_request", "the sign-in certificate names another card GUID"
+                )
         puk = _field(body, "puk", str, optional=True)
         pin = _field(body, "pin", str, optional=True)
         if (puk is None) != (pin is None):
@@ -332,6 +347,7 @@ class CardService:
                 management_key=management,
                 default_management=key == DEFAULT_MANAGEMENT_KEY
                 and key_type is ManagementKeyType.TDES,
+                sign_in_certificate_der=sign_in_der,
             )
         return {"status": "written", "card_guid": guid.hex()}
 

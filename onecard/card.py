@@ -19,6 +19,11 @@ Nothing is recorded before step 6, so a card pulled midway is never an issued ca
 it again restarts it cleanly: a new key, certified again under the GUID it already carries, if
 any. A card already recorded is left alone (renew it, or replace it with a new one).
 
+`provision --staff --user NAME` (an administrator's token) issues a staff card the same way:
+the card also makes its PIN-bound 9A key, the server certifies both with the city CA's staff
+issuer (`POST /api/v1/staff-cards/certificates`), and the last step links the card to the staff
+user by its 9A certificate (`POST /api/v1/staff-cards`) instead of recording a resident's card.
+
 `revoke`, `replace` (a new card for the same resident: the server marks the old card replaced,
 and the allowance, kept per person, carries over), `renew` (a new certificate and CHUID with a
 new expiry for the key on the card) and `unblock-pin` (the PUK, fetched for this card from the
@@ -36,10 +41,9 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cardsvc.ca import CardCA
 from cardsvc.errors import (
@@ -49,16 +53,15 @@ from cardsvc.errors import (
     NotFoundError,
 )
 from cardsvc.pcsc import PcscReader
-from cardsvc.piv import (
-    DEFAULT_MANAGEMENT_KEY,
-    Algorithm,
-    ManagementKeyType,
-    ObjectId,
-    PivSession,
-    Slot,
-)
+from cardsvc.piv import DEFAULT_MANAGEMENT_KEY, ManagementKeyType, ObjectId, PivSession
 from cardsvc.profile import Chuid
-from cardsvc.provision import ProvisionedCard, finish_card, provision_card
+from cardsvc.provision import (
+    ProvisionedCard,
+    finish_card,
+    generate_keys,
+    provision_card,
+    spki,
+)
 
 REVOKE_REASONS = ("lost", "stolen")
 
@@ -190,6 +193,28 @@ class TechnicianClient:
     def renew(self, guid: bytes) -> Any:
         return self._call("POST", f"/cards/{guid.hex()}/renew", {})
 
+    def staff_card(self, guid_hex: str) -> Any:
+        return self._call("GET", f"/staff-cards/{guid_hex}")
+
+    def certify_staff(
+        self, user_name: str, public_key_der: bytes, sign_in_key_der: bytes, guid: bytes | None
+    ) -> Any:
+        body: dict[str, Any] = {
+            "user_name": user_name,
+            "public_key": base64.b64encode(public_key_der).decode(),
+            "sign_in_public_key": base64.b64encode(sign_in_key_der).decode(),
+        }
+        if guid is not None:
+            body["card_guid"] = guid.hex()
+        return self._call("POST", "/staff-cards/certificates", body)
+
+    def link_staff(self, user_name: str, sign_in_certificate_der: bytes) -> Any:
+        body = {
+            "user_name": user_name,
+            "certificate": base64.b64encode(sign_in_certificate_der).decode(),
+        }
+        return self._call("POST", "/staff-cards", body)
+
 
 # --- provisioning one card ---------------------------------------------------------------------
 
@@ -229,48 +254,116 @@ def _open_management(piv: PivSession, tech: TechnicianClient) -> tuple[bytes | N
     return guid, False
 
 
-def provision_one(
-    piv: PivSession,
-    tech: TechnicianClient,
-    resident_id: int,
-    *,
-    pin: str | None = None,
-    step: Callable[[str], None] = lambda _: None,
-) -> Provisioned:
-    """The six steps on the card behind `piv` (see the module docstring)."""
-    pin = pin or f"{secrets.randbelow(1_000_000):06d}"
-    piv.select()
-    guid, default_management = _open_management(piv, tech)
-    if guid is not None:
+class Holder(Protocol):
+    """Whom a card is issued to: the server calls that differ between a resident's card and a
+    staff user's (`--staff`); the steps on the card are the same."""
+
+    @property
+    def staff(self) -> bool: ...
+
+    def issued_to(self, tech: TechnicianClient, guid: bytes) -> str | None: ...
+
+    def certify(
+        self, tech: TechnicianClient, keys: tuple[bytes, bytes | None], guid: bytes | None
+    ) -> Any: ...
+
+    def record(self, tech: TechnicianClient, answer: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class ResidentHolder:
+    resident_id: int
+    staff: bool = False
+
+    def issued_to(self, tech: TechnicianClient, guid: bytes) -> str | None:
         try:
             known = tech.card(guid.hex())
         except ServerRefusal as exc:
             if exc.code != "card_unknown":
                 raise
-        else:
-            raise AlreadyIssuedError(
-                f"card {guid.hex()} is already issued to resident {known['resident_id']} "
-                f"({known['status']})"
-            )
+            return None
+        return f"resident {known['resident_id']} ({known['status']})"
+
+    def certify(
+        self, tech: TechnicianClient, keys: tuple[bytes, bytes | None], guid: bytes | None
+    ) -> Any:
+        return tech.certify(self.resident_id, keys[0], guid)
+
+    def record(self, tech: TechnicianClient, answer: Any) -> None:
+        tech.record(self.resident_id, base64.b64decode(answer["certificate"]))
+
+
+@dataclass(frozen=True)
+class StaffHolder:
+    """A staff card for user `name`: a PIN-bound 9A key besides 9E, certified by the city CA's
+    staff issuer; linked to the user (by its 9A certificate) as the last step."""
+
+    name: str
+    staff: bool = True
+
+    def issued_to(self, tech: TechnicianClient, guid: bytes) -> str | None:
+        try:
+            known = tech.staff_card(guid.hex())
+        except ServerRefusal as exc:
+            if exc.code != "card_unknown":
+                raise
+            return None
+        return f"a {known['holder']} card ({known['status']})"
+
+    def certify(
+        self, tech: TechnicianClient, keys: tuple[bytes, bytes | None], guid: bytes | None
+    ) -> Any:
+        assert keys[1] is not None
+        return tech.certify_staff(self.name, keys[0], keys[1], guid)
+
+    def record(self, tech: TechnicianClient, answer: Any) -> None:
+        tech.link_staff(self.name, base64.b64decode(answer["sign_in_certificate"]))
+
+
+def provision_one(
+    piv: PivSession,
+    tech: TechnicianClient,
+    holder: int | Holder,
+    *,
+    pin: str | None = None,
+    step: Callable[[str], None] = lambda _: None,
+) -> Provisioned:
+    """The six steps on the card behind `piv` (see the module docstring), for a resident (their
+    id) or a staff user (`StaffHolder`)."""
+    who: Holder = ResidentHolder(holder) if isinstance(holder, int) else holder
+    pin = pin or f"{secrets.randbelow(1_000_000):06d}"
+    piv.select()
+    guid, default_management = _open_management(piv, tech)
+    if guid is not None:
+        known = who.issued_to(tech, guid)
+        if known is not None:
+            raise AlreadyIssuedError(f"card {guid.hex()} is already issued to {known}")
     step("generate key")
-    public_key = piv.generate_key(Slot.CARD_AUTH, Algorithm.ECCP256)
-    spki = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    public_key, sign_in_key = generate_keys(piv, sign_in=who.staff)
     step("certify")
-    answer = tech.certify(resident_id, spki, guid)
-    certificate = base64.b64decode(answer["certificate"])
+    answer = who.certify(tech, (spki(public_key), spki(sign_in_key) if sign_in_key else None), guid)
     finish_card(
         piv,
-        certificate,
+        base64.b64decode(answer["certificate"]),
         base64.b64decode(answer["chuid"]),
         puk=answer["puk"],
         pin=pin,
         management_key=(ManagementKeyType.AES128, base64.b64decode(answer["management_key"])),
         default_management=default_management,
+        sign_in_certificate_der=(
+            base64.b64decode(answer["sign_in_certificate"]) if who.staff else None
+        ),
         step=step,
     )
     step("record issuance")
-    tech.record(resident_id, certificate)
-    return Provisioned(answer["card_guid"], resident_id, answer["expiry"], pin, guid is not None)
+    who.record(tech, answer)
+    return Provisioned(
+        answer["card_guid"],
+        who.resident_id if isinstance(who, ResidentHolder) else 0,
+        answer["expiry"],
+        pin,
+        guid is not None,
+    )
 
 
 # --- batches -------------------------------------------------------------------------------------
@@ -441,10 +534,15 @@ def _parser() -> argparse.ArgumentParser:
         "--resident-id",
         type=int,
         action="append",
-        required=True,
         help="the holder; repeat it with --batch, one per card, in order",
     )
     prov.add_argument("--batch", action="store_true", help="a stack of cards, one per resident")
+    prov.add_argument(
+        "--staff",
+        action="store_true",
+        help="a staff card (PIN-bound sign-in key) for --user; an administrator's token",
+    )
+    prov.add_argument("--user", default=None, help="with --staff: the staff user's name")
     prov.add_argument("--pin", default=None, help="the holder's PIN (default: a random one)")
     revoke = sub.add_parser("revoke", parents=[common], help="a card reported lost or stolen")
     revoke.add_argument("guid", help="the card's GUID (32 hex digits)")
@@ -485,7 +583,27 @@ def main(argv: list[str] | None = None) -> int:
             ca = load_or_create_ca(args.ca_dir)
             issued = issue_card(reader, ca, args.server, args.token, args.resident_id)
             print(f"issued card {issued.guid.hex()} to resident {args.resident_id}")
+        elif args.command == "provision" and args.staff:
+            if args.user is None or args.resident_id or args.batch:
+                parser.error("--staff takes --user NAME, without --resident-id or --batch")
+            done = _on_reader(
+                reader,
+                args.timeout,
+                lambda piv: provision_one(
+                    piv,
+                    tech,
+                    StaffHolder(args.user),
+                    pin=args.pin,
+                    step=lambda n: print(f"  {n}", flush=True),
+                ),
+            )
+            print(
+                f"issued staff card {done.guid} to user {args.user}, expires {done.expiry}, "
+                f"PIN {done.pin}"
+            )
         elif args.command == "provision" and args.batch:
+            if not args.resident_id:
+                parser.error("--batch takes --resident-id once per card")
             report = provision_batch(
                 reader,
                 tech,
@@ -502,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
                     tech.revoke(args.guid, args.reason)
                 resident_id = int(old["resident_id"])
             else:
-                if len(args.resident_id) != 1:
+                if len(args.resident_id or ()) != 1:
                     parser.error("one --resident-id without --batch")
                 resident_id = args.resident_id[0]
             done = _on_reader(

@@ -1,6 +1,7 @@
-"""The staff's JSON calls for scripts and the command line: residents, cards, entitlement rules,
-the monthly report and the open reservations. Each is scoped to the caller's area
-(services.people.in_scope) and each read of a person is audited.
+"""The staff's JSON calls for scripts and the command line: residents, cards, staff cards (issued
+on a desk reader by `onecard card provision --staff` or the administrator's staff-card page),
+entitlement rules, the monthly report and the open reservations. Each is scoped to the caller's
+area (services.people.in_scope) and each read of a person is audited.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any, Literal
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 from pydantic import AfterValidator, Field, StringConstraints
 from sqlalchemy import select
 
@@ -32,10 +33,13 @@ from server.http.contracts import (
     Count,
     Day,
     DbId,
+    Hex32,
     Query,
     Reason,
 )
 from server.http.framework import OPTIONAL, Call, endpoint, staff
+from server.services import staff_cards
+from server.services.provisioning import EXTENSION_KEY, ProvisioningConfig
 from server.store.fieldcrypto import mask_id_number
 from server.store.models import Region, Role
 
@@ -78,6 +82,47 @@ class CardRequest(Contract):
         StringConstraints(min_length=1, max_length=MAX_CERTIFICATE_B64),
         AfterValidator(_certificate),
     ] = Field(description="base64 of the DER certificate")
+
+
+Base64Der = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_CERTIFICATE_B64),
+    AfterValidator(_certificate),
+]
+StaffName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+
+
+class StaffCardCertificateRequest(Contract):
+    user_name: StaffName = Field(description="the staff user the card is for")
+    public_key: Base64Der = Field(description="base64 of the card's 9E P-256 SPKI (DER)")
+    sign_in_public_key: Base64Der = Field(
+        description="base64 of the card's PIN-bound 9A P-256 SPKI (DER)"
+    )
+    card_guid: Hex32 | None = Field(
+        default=None, description="the GUID already on the card, when issuing it again"
+    )
+
+
+class StaffCardCertificateAnswer(Answer):
+    card_guid: str
+    certificate: str = Field(description="base64 DER, the 9E certificate (staff policy)")
+    sign_in_certificate: str = Field(description="base64 DER, the PIN-bound 9A certificate")
+    chuid: str = Field(description="base64 of the signed CHUID object")
+    expiry: str = Field(json_schema_extra={"format": "date"})
+    management_key: str = Field(description="base64, 16 bytes")
+    management_key_type: Literal["aes128"]
+    puk: Annotated[str, StringConstraints(pattern=r"^[0-9]{8}$")]
+
+
+class StaffCardLinkRequest(Contract):
+    user_name: StaffName
+    certificate: Base64Der = Field(description="base64 DER of the card's 9A certificate")
+
+
+class StaffCardAnswer(Answer):
+    card_guid: str
+    holder: Literal["staff", "resident"]
+    status: str
 
 
 class CardStatusAnswer(Answer):
@@ -247,6 +292,85 @@ def register_card(call: Call[CardRequest, None]) -> dict[str, Any]:
 def revoke_card(call: Call[RevokeRequest, None], guid: str) -> dict[str, Any]:
     card = services.revoke_card(call.session, call.ctx, guid, call.body.reason, call.user())
     return {"card_guid": card.guid, "status": card.status.value}
+
+
+STAFF_CARD_ERRORS = {
+    **STAFF_ERRORS,
+    404: "no such user",
+    409: "the card is linked, revoked or a resident's already, or the user is disabled",
+    422: "the Idempotency-Key was used for a different request",
+    503: "this server holds no card CA key",
+}
+
+
+def _provisioning() -> ProvisioningConfig:
+    return current_app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+
+
+@endpoint(
+    staff_api,
+    "POST",
+    "/staff-cards/certificates",
+    summary="Certify a staff card's 9E and PIN-bound 9A keys (made on the card) and its CHUID "
+    "for a staff user in the administrator's area; answer its management key and PUK "
+    "(links nothing)",
+    auth=ADMINISTRATORS,
+    body=StaffCardCertificateRequest,
+    answer=StaffCardCertificateAnswer,
+    status=201,
+    idempotency=OPTIONAL,
+    errors=STAFF_CARD_ERRORS,
+)
+def certify_staff_card(call: Call[StaffCardCertificateRequest, None]) -> dict[str, Any]:
+    body = call.body
+    return staff_cards.certify(
+        call.session,
+        call.ctx,
+        _provisioning(),
+        call.user(),
+        body.user_name,
+        body.public_key,  # type: ignore[arg-type]  # decoded by its contract
+        body.sign_in_public_key,  # type: ignore[arg-type]
+        bytes.fromhex(body.card_guid) if body.card_guid else None,
+    )
+
+
+@endpoint(
+    staff_api,
+    "POST",
+    "/staff-cards",
+    summary="Link a staff card just written to its user, by its 9A certificate (the last step "
+    "of issuing it)",
+    auth=ADMINISTRATORS,
+    body=StaffCardLinkRequest,
+    answer=StaffCardAnswer,
+    status=201,
+    idempotency=OPTIONAL,
+    errors={**STAFF_CARD_ERRORS, 400: "invalid fields, or not a staff card's 9A certificate"},
+)
+def link_staff_card(call: Call[StaffCardLinkRequest, None]) -> dict[str, Any]:
+    body = call.body
+    guid = staff_cards.link_issued(
+        call.session,
+        call.ctx,
+        call.user(),
+        body.user_name,
+        body.certificate,  # type: ignore[arg-type]  # decoded by its contract
+    )
+    return {"card_guid": guid, "holder": "staff", "status": "active"}
+
+
+@endpoint(
+    staff_api,
+    "GET",
+    "/staff-cards/<hex32:guid>",
+    summary="Whom a card was issued to (a staff user or a resident) before a desk rewrites it",
+    auth=ADMINISTRATORS,
+    answer=StaffCardAnswer,
+    errors={**STAFF_ERRORS, 404: "no card with this GUID was issued"},
+)
+def show_staff_card(call: Call[None, None], guid: str) -> dict[str, Any]:
+    return staff_cards.card_holder(call.session, call.ctx, guid)
 
 
 @endpoint(

@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 from cardsvc.ca import CardCA
 from cardsvc.profile import Chuid
 from cardsvc.requestsig import canonical_json
-from cardsvc.verify import load_certificate
+from cardsvc.verify import CardRole, load_certificate
 from server.config import (
     CARD_CA_DIR,
     CARD_MASTER_KEY,
@@ -73,7 +73,6 @@ MANAGEMENT_KEY_LENGTH = 16
 GUID_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
 MAX_DELTA = 10_000
 TECHNICIANS = (Role.TECHNICIAN, Role.ADMINISTRATOR)
-
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -122,7 +121,8 @@ def puk_for(master: bytes, guid: bytes) -> str:
     return f"{int.from_bytes(digest[:8], 'big') % 100_000_000:08d}"
 
 
-def _secrets(cfg: ProvisioningConfig, guid: bytes) -> dict[str, str]:
+def secrets_of(cfg: ProvisioningConfig, guid: bytes) -> dict[str, str]:
+    """A card's diversified management key and PUK, as the certify and secrets calls answer."""
     return {
         "management_key": base64.b64encode(management_key_for(cfg.master_key, guid)).decode(),
         "management_key_type": MANAGEMENT_KEY_TYPE,
@@ -155,26 +155,55 @@ def _scoped_resident(session: Session, user: StaffUser, resident_id: int) -> Res
     return resident
 
 
-def _certify(
+def certify_keys(
     ctx: Context,
     cfg: ProvisioningConfig,
     public_key: ec.EllipticCurvePublicKey,
     guid: bytes,
+    *,
+    sign_in_key: ec.EllipticCurvePublicKey | None = None,
 ) -> dict[str, Any]:
-    """The certificate and the signed CHUID for `public_key` on card `guid`."""
+    """The certificate and the signed CHUID for `public_key` (9E) on card `guid`. With
+    `sign_in_key`, a staff card's: both certificates carry the staff policy, and the 9A one
+    (`sign_in_certificate`) is the PIN-bound one staff sign in with."""
     ca = _signing_ca(ctx, cfg)
     now = ctx.now()
     expiry = (now + dt.timedelta(days=cfg.valid_days)).date()
     not_after = dt.datetime.combine(expiry, dt.time(23, 59, 59), tzinfo=dt.UTC)
-    certificate = ca.issue(public_key, guid, not_after, not_before=now - dt.timedelta(minutes=5))
+    not_before = now - dt.timedelta(minutes=5)
+    role = CardRole.RESIDENT if sign_in_key is None else CardRole.STAFF
+    certificate = ca.issue(public_key, guid, not_after, not_before=not_before, role=role)
     unsigned = Chuid(guid, expiry)
     chuid = Chuid(guid, expiry, unsigned.fasc_n, ca.sign_detached(unsigned.signed_content()))
-    return {
+    answer = {
         "card_guid": guid.hex(),
         "certificate": base64.b64encode(certificate).decode(),
         "chuid": base64.b64encode(chuid.to_bytes()).decode(),
         "expiry": expiry.isoformat(),
     }
+    if sign_in_key is not None:
+        sign_in = ca.issue(
+            sign_in_key, guid, not_after, not_before=not_before, role=role, pin_bound=True
+        )
+        answer["sign_in_certificate"] = base64.b64encode(sign_in).decode()
+    return answer
+
+
+def p256_key(der: bytes, field: str) -> ec.EllipticCurvePublicKey:
+    """A card's P-256 public key from its SubjectPublicKeyInfo; refused as `field` otherwise."""
+    try:
+        public_key = serialization.load_der_public_key(der)
+    except ValueError:
+        public_key = None
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise InvalidRequest(
+            f"{field} must be base64 of a P-256 SubjectPublicKeyInfo",
+            code="field_invalid",
+            field=field,
+        )
+    return public_key
 
 
 def certify_card(
@@ -189,18 +218,7 @@ def certify_card(
     """Steps 2 and 4 of provisioning: sign the card's certificate and CHUID, and give the
     technician this card's management key and PUK. Records no issuance."""
     _scoped_resident(session, user, resident_id)
-    try:
-        public_key = serialization.load_der_public_key(public_key_der)
-    except ValueError:
-        public_key = None
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
-        public_key.curve, ec.SECP256R1
-    ):
-        raise InvalidRequest(
-            "public_key must be base64 of a P-256 SubjectPublicKeyInfo",
-            code="field_invalid",
-            field="public_key",
-        )
+    public_key = p256_key(public_key_der, "public_key")
     guid = guid or uuid.uuid4().bytes
     existing = session.scalar(select(Card).where(Card.guid == guid.hex()))
     if existing is not None:
@@ -208,7 +226,7 @@ def certify_card(
             f"card {guid.hex()} is already issued ({existing.status.value}); renew or replace it",
             code="card_exists",
         )
-    answer = _certify(ctx, cfg, public_key, guid)
+    answer = certify_keys(ctx, cfg, public_key, guid)
     audit.append(
         session,
         at=ctx.now(),
@@ -217,7 +235,7 @@ def certify_card(
         subject=f"card:{guid.hex()}",
         detail={"resident_id": resident_id, "expiry": answer["expiry"]},
     )
-    return {**answer, **_secrets(cfg, guid)}
+    return {**answer, **secrets_of(cfg, guid)}
 
 
 def _card(session: Session, guid_hex: str) -> Card:
@@ -267,7 +285,7 @@ def card_secrets(
         subject=f"card:{guid_hex.lower()}",
         detail={"purpose": purpose},
     )
-    return {"card_guid": guid_hex.lower(), **_secrets(cfg, bytes.fromhex(guid_hex))}
+    return {"card_guid": guid_hex.lower(), **secrets_of(cfg, bytes.fromhex(guid_hex))}
 
 
 def renew_card(
@@ -286,7 +304,7 @@ def renew_card(
         raise Conflict(f"card {card.guid} is {card.status.value}", code="card_not_active")
     public_key = load_certificate(card.certificate).public_key()
     assert isinstance(public_key, ec.EllipticCurvePublicKey)
-    answer = _certify(ctx, cfg, public_key, bytes.fromhex(card.guid))
+    answer = certify_keys(ctx, cfg, public_key, bytes.fromhex(card.guid))
     certificate = base64.b64decode(answer["certificate"])
     card.certificate = certificate
     card.not_after = load_certificate(certificate).not_valid_after_utc
@@ -298,7 +316,7 @@ def renew_card(
         subject=f"card:{card.guid}",
         detail={"expiry": answer["expiry"]},
     )
-    return {**answer, **_secrets(cfg, bytes.fromhex(card.guid))}
+    return {**answer, **secrets_of(cfg, bytes.fromhex(card.guid))}
 
 
 def revocations_since(session: Session, ctx: Context, since: int) -> dict[str, Any]:

@@ -14,6 +14,14 @@ desk's card service (cardsvc.service, POST /v1/card/sign-in).
    password sign-in opens (staff_auth.open_session, method "card"). Every refusal is audited
    with its reason.
 
+Issuing (`certify`, `link_issued`, `card_holder`; the `/api/v1/staff-cards` calls that
+`onecard card provision --staff` and the administrator's staff-card page use, as a resident's
+card is issued): the card makes its 9E and 9A keys, the city card CA certifies both as a staff
+card's (the 9A one PIN-bound) with the CHUID, and answers the card's diversified management key
+and PUK (server.services.provisioning); the card is linked to the user only when written, by its
+9A certificate, so a card pulled mid-way is never linked. Audited as `staff_card.certify` and
+`staff_card.assign` (`by: issued`).
+
 Linking and revoking (`assign`, `revoke` for the command line; `link`, `revoke_for` and
 `cards_of` for the administrator's page, scoped like the other user pages): a card is named by
 its GUID, or by its certificate, which must then be a staff card's of the city card CA, valid
@@ -42,6 +50,7 @@ from cardsvc.signin import SIGN_IN_NONCE_LENGTH, SignInChallenge, verify_sign_in
 from cardsvc.verify import CardRole, verify_certificate
 from server.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from server.services.context import Context
+from server.services.provisioning import ProvisioningConfig, certify_keys, p256_key, secrets_of
 from server.services.staff_auth import SignInResult, open_session, user_in_reach
 from server.store import audit
 from server.store.models import Card, CardRevocation, StaffCard, StaffCardChallenge, StaffUser
@@ -216,14 +225,27 @@ def identify(ctx: Context, text: str) -> CardIdentity:
     return CardIdentity(card.guid.hex(), card.certificate.not_valid_before_utc, card.not_after)
 
 
-def _link(session: Session, ctx: Context, user: StaffUser, card: CardIdentity, actor: str) -> str:
-    guid = card.guid
+def _refuse_known(session: Session, guid: str) -> None:
+    """A GUID already linked, revoked or a resident's cannot become a new staff card's."""
     if session.get(StaffCard, guid) is not None:
         raise Conflict(f"card {guid} is already assigned", code="card_assigned", field="card")
     if session.scalar(select(CardRevocation.seq).where(CardRevocation.card_guid == guid)):
         raise Conflict(f"card {guid} is revoked", code="card_revoked", field="card")
     if session.scalar(select(Card.id).where(Card.guid == guid)) is not None:
         raise Conflict(f"card {guid} is a resident's card", code="not_staff_card", field="card")
+
+
+def _link(
+    session: Session,
+    ctx: Context,
+    user: StaffUser,
+    card: CardIdentity,
+    actor: str,
+    *,
+    issued: bool = False,
+) -> str:
+    guid = card.guid
+    _refuse_known(session, guid)
     session.add(
         StaffCard(
             guid=guid,
@@ -239,7 +261,10 @@ def _link(session: Session, ctx: Context, user: StaffUser, card: CardIdentity, a
         actor=actor,
         action="staff_card.assign",
         subject=f"staff-card:{guid}",
-        detail={"user": user.id, "by": "guid" if card.expires_at is None else "certificate"},
+        detail={
+            "user": user.id,
+            "by": "issued" if issued else "guid" if card.expires_at is None else "certificate",
+        },
     )
     return guid
 
@@ -258,6 +283,80 @@ def link(session: Session, ctx: Context, admin: StaffUser, user_id: int, card_te
     """An administrator links a staff card to a user in their area. No commit."""
     user = user_in_reach(session, admin, user_id)
     return _link(session, ctx, user, identify(ctx, card_text), f"user:{admin.id}")
+
+
+def _user_named(session: Session, admin: StaffUser, name: str) -> StaffUser:
+    """The active staff user `name`, in the administrator's area."""
+    user_id = session.scalar(select(StaffUser.id).where(StaffUser.name == name))
+    if user_id is None:
+        raise NotFound(f"no user {name}", code="user_unknown")
+    user = user_in_reach(session, admin, user_id)
+    if not user.active:
+        raise Conflict(f"user {name} is disabled", code="user_disabled")
+    return user
+
+
+def card_holder(session: Session, ctx: Context, guid_text: str) -> dict[str, Any]:
+    """Whom the card `guid` was issued to, before a desk overwrites its keys: a staff user (and
+    the card's state) or a resident; NotFound (`card_unknown`) for a card not issued."""
+    guid = normal_guid(guid_text)
+    staff_card = session.get(StaffCard, guid)
+    if staff_card is not None:
+        return {
+            "card_guid": guid,
+            "holder": "staff",
+            "status": status_of(staff_card, ctx.now()).value,
+        }
+    resident_card = session.scalar(select(Card).where(Card.guid == guid))
+    if resident_card is not None:
+        return {"card_guid": guid, "holder": "resident", "status": resident_card.status.value}
+    if session.scalar(select(CardRevocation.seq).where(CardRevocation.card_guid == guid)):
+        return {"card_guid": guid, "holder": "staff", "status": StaffCardStatus.REVOKED.value}
+    raise NotFound(f"no card {guid}", code="card_unknown")
+
+
+def certify(
+    session: Session,
+    ctx: Context,
+    cfg: ProvisioningConfig,
+    admin: StaffUser,
+    user_name: str,
+    public_key_der: bytes,
+    sign_in_key_der: bytes,
+    guid: bytes | None,
+) -> dict[str, Any]:
+    """A staff card's certificates (9E, and 9A PIN-bound) and CHUID for the keys the card made,
+    with its management key and PUK, for user `user_name` in the administrator's area. Links
+    nothing (`link_issued` does, once the card is written). No commit."""
+    user = _user_named(session, admin, user_name)
+    public_key = p256_key(public_key_der, "public_key")
+    sign_in_key = p256_key(sign_in_key_der, "sign_in_public_key")
+    guid = guid or uuid.uuid4().bytes
+    _refuse_known(session, guid.hex())
+    answer = certify_keys(ctx, cfg, public_key, guid, sign_in_key=sign_in_key)
+    audit.append(
+        session,
+        at=ctx.now(),
+        actor=f"user:{admin.id}",
+        action="staff_card.certify",
+        subject=f"staff-card:{guid.hex()}",
+        detail={"user": user.id, "expiry": answer["expiry"]},
+    )
+    return {**answer, **secrets_of(cfg, guid)}
+
+
+def link_issued(
+    session: Session, ctx: Context, admin: StaffUser, user_name: str, certificate_der: bytes
+) -> str:
+    """Link the staff card just written to user `user_name`, by its PIN-bound 9A certificate
+    (the last step of issuing it). No commit."""
+    user = _user_named(session, admin, user_name)
+    card = identify(ctx, base64.b64encode(certificate_der).decode())
+    if not verify_certificate(certificate_der, ctx.card_ca_der or b"", now=ctx.now()).pin_bound:
+        raise InvalidRequest(
+            "give the card's sign-in (9A) certificate", code="not_pin_bound_key", field="card"
+        )
+    return _link(session, ctx, user, card, f"user:{admin.id}", issued=True)
 
 
 def revoke(
