@@ -24,7 +24,8 @@ import requests
 from cardsvc.verify import CardRole, verify_certificate
 from onecard import card as card_cli
 from onecard.platform import READER, Platform, start_platform
-from tests.pages import card_service, chromium, page_in, server_cli
+from tests.pages import assert_accessible, card_service, chromium, page_in, server_cli, shot
+from tests.test_card_desk_page import matched, said
 
 pytestmark = pytest.mark.pcscd
 
@@ -168,3 +169,121 @@ def read_certificate(desk: Desk) -> bytes:
     der = base64.b64decode(answer.json()["certificate"])
     assert verify_certificate(der, desk.platform.ca.certificate_der).role is CardRole.STAFF
     return der
+
+
+# --- the administrator's staff-card page -----------------------------------------------------------
+
+
+def open_cards_page(page: Any, desk: Desk, user_id: int) -> None:
+    """Sign in as the administrator (password) and open the user's staff cards."""
+    page.goto(f"{desk.url}/sign-in")
+    page.fill("#name", ADMIN)
+    page.fill("#password", PASSWORD)
+    page.click("#sign-in")
+    page.wait_for_load_state()
+    page.goto(f"{desk.url}/admin/users/{user_id}/cards?cardsvc={desk.cardsvc}")
+    page.wait_for_selector("#issue-staff-card")
+
+
+def press_issue(page: Any, pin: str) -> str:
+    """Type the PIN, press Issue and wait: the words of the failure, or of the issued card
+    after the page came back with it."""
+    page.fill("#staff-card-pin", pin)
+    page.click("#issue-staff-card")
+    page.wait_for_selector(
+        "#card-issued, #staff-card-issue[data-outcome=failed]", state="attached", timeout=60_000
+    )
+    issued = page.query_selector("#card-issued")
+    return str((issued or page.query_selector("#issue-message")).inner_text())
+
+
+def steps_shown(page: Any) -> list[tuple[str, str]]:
+    return [
+        (str(li.get_attribute("data-step")), str(li.get_attribute("data-state")))
+        for li in page.query_selector_all("#issue-steps li")
+    ]
+
+
+ISSUED = (
+    "Staff card %(card)s issued on the desk reader and linked: %(name)s signs in with it and the "
+    "PIN set on it."
+)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_page_issues_a_staff_card_that_signs_in(
+    desk: Desk, browser: Any, language: str
+) -> None:
+    name = f"nurse-page-{language}"
+    nurse = desk.new_staff(name)
+    desk.present_blank(f"page-{language}")
+    with page_in(browser, LANGUAGES[language]) as page:
+        open_cards_page(page, desk, nurse)
+        assert_accessible(page)
+        shot(page, desk.shots, f"staff-card-issue-{language}")
+
+        refused = press_issue(page, "12")  # nothing reaches the card or the server
+        assert refused == said(language, "Type the holder's new PIN: 6 to 8 digits.")
+        assert steps_shown(page) == []
+
+        words = press_issue(page, PIN)
+        guid = matched(language, ISSUED, words)["card"]
+        assert matched(language, ISSUED, words)["name"] == name
+        assert desk.cards_of(nurse) == [guid]
+        assert page.get_attribute(f'tr[data-card="{guid}"]', "data-status") == "active"
+        assert desk.audited("staff_card.assign", guid) == [
+            (desk.admin_actor(), {"user": nurse, "by": "issued"})
+        ]
+        assert_accessible(page)
+        shot(page, desk.shots, f"staff-card-issued-{language}")
+
+        # The same card again: refused before its keys are touched.
+        on_card = read_certificate(desk)
+        words = press_issue(page, PIN)
+        status = said(language, "active")
+        assert words == said(
+            language,
+            "This card is a staff card already (%(status)s): put a blank card on the reader.",
+        ).replace("%(status)s", status)
+        assert steps_shown(page) == [("identify", "done"), ("check", "failed")]
+        assert read_certificate(desk) == on_card
+        assert_accessible(page)
+        assert page.script_errors == []
+
+    assert signs_in_with_card(browser, desk, PIN) == f"{desk.url}/station"
+
+
+def test_a_card_pulled_mid_way_is_never_linked_and_is_issued_when_put_back(
+    desk: Desk, browser: Any
+) -> None:
+    nurse = desk.new_staff("nurse-pulled")
+    desk.present_blank("pulled")
+    with page_in(browser, "en-US") as page:
+        open_cards_page(page, desk, nurse)
+        links: list[str] = []
+        page.on(
+            "request",
+            lambda r: links.append(r.url) if r.url.endswith("/api/v1/staff-cards") else None,
+        )
+
+        def pull_while_writing(route: Any) -> None:
+            if route.request.method == "POST":
+                desk.platform.card.pull_during_next_command()
+            route.continue_()
+
+        page.route("**/v1/provision/finish", pull_while_writing)
+        words = press_issue(page, PIN)
+        page.unroute("**/v1/provision/finish")
+        assert words == said(
+            "en",
+            "The card left the reader before it was finished. Nothing "
+            "was recorded: put it back and press again.",
+        )
+        assert steps_shown(page)[-1] == ("write", "failed")
+        assert links == [] and desk.cards_of(nurse) == []
+
+        desk.present_blank("pulled")  # put back
+        words = press_issue(page, PIN)
+        guid = matched("en", ISSUED, words)["card"]
+        assert desk.cards_of(nurse) == [guid]
+    assert signs_in_with_card(browser, desk, PIN) == f"{desk.url}/station"

@@ -1,10 +1,11 @@
 """The staff pages' catalogue (server/web/translations): every word of the templates and views
-has its Simplified Chinese, the compiled .mo says what the .po says, and the card desk's words
-reach its script in Chinese with their placeholders intact."""
+has its Simplified Chinese, the compiled .mo says what the .po says, and the words of the card
+desk and of staff-card issuing reach their scripts in Chinese with their placeholders intact."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from babel.messages.extract import extract_from_dir
@@ -13,6 +14,7 @@ from babel.support import Translations
 from flask import Flask
 
 from server.web import i18n
+from server.web.admin import staff_card_issue_words
 from server.web.i18n import TRANSLATIONS
 from server.web.technician import REPLACE_REASONS, card_desk_words
 
@@ -54,16 +56,34 @@ def test_every_word_of_the_card_desk_is_chinese_with_the_same_placeholders() -> 
     """What static/card-desk.js gets in data-words (progress steps, results, errors, card
     states) and the replacement's reasons: Chinese in zh-CN, the same %(name)s as in English
     (the script fills them in), so no word reaches the technician untranslated or broken."""
+    english = check_script_words(
+        lambda: {
+            **card_desk_words(),
+            **{f"reason.{value}": str(words) for value, words in REPLACE_REASONS},
+        }
+    )
+    assert {"step.revoke", "error.reason", "error.revoked_anyway", "state.revoked"} <= set(english)
+
+
+def test_every_word_of_staff_card_issuing_is_chinese_with_the_same_placeholders() -> None:
+    """The same for static/staff-card-issue.js on the administrator's staff-card page."""
+    english = check_script_words(staff_card_issue_words)
+    assert {"step.link", "error.not_linked", "refusal.card_assigned", "state.active"} <= set(
+        english
+    )
+
+
+def check_script_words(words_of: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """The words a page's script gets, in zh-CN and en: the same keys, each Chinese in zh-CN
+    with the same placeholders as in English; the English words."""
     app = Flask(__name__)
     i18n.init_app(app)
     shown = {}
     for language in ("zh-CN", "en"):
         with app.test_request_context(headers={"Accept-Language": language}):
-            reasons = {f"reason.{value}": str(words) for value, words in REPLACE_REASONS}
-            shown[language] = {**card_desk_words(), **reasons}
+            shown[language] = words_of()
     chinese, english = shown["zh-CN"], shown["en"]
     assert chinese.keys() == english.keys()
-    assert {"step.revoke", "error.reason", "error.revoked_anyway", "state.revoked"} <= set(english)
     untranslated = [key for key in english if chinese[key] == english[key]]
     assert untranslated == []
     assert [key for key in english if not HAN.search(chinese[key])] == []
@@ -73,3 +93,4 @@ def test_every_word_of_the_card_desk_is_chinese_with_the_same_placeholders() -> 
         if sorted(PLACEHOLDER.findall(chinese[key])) != sorted(PLACEHOLDER.findall(english[key]))
     ]
     assert placeholders == []
+    return english

@@ -4,7 +4,8 @@ entitlement rules of their area, and the region tree from a CSV file.
     GET       /admin/users                 the users in the administrator's area, paginated
     GET/POST  /admin/users/new             a new user with a first password
     GET/POST  /admin/users/<id>            role and area; reset the password; disable / enable
-    GET/POST  /admin/users/<id>/cards      the user's staff cards: link one, revoke one
+    GET/POST  /admin/users/<id>/cards      the user's staff cards: issue one on the desk reader
+                                           (static/staff-card-issue.js), link one, revoke one
     GET/POST  /admin/rules                 the rules in force here, and a new one for this area
     GET/POST  /admin/regions               the region tree from a CSV file: preview, then write
     GET/POST  /admin/stations              a station's opening hours and capacity; enable, disable
@@ -53,6 +54,7 @@ from server.store.db import db
 from server.store.models import Category, Kiosk, Role
 from server.web.access import PAGE_SIZE, ctx, page_of, query_int, roles_required, staff_user
 from server.web.base import ROLE_LABELS, register_navigation, staff_blueprint
+from server.web.card_words import CARD_DESK_WORDS
 from server.web.forms import REFUSALS, REGION_CODE, ButtonForm, options, put_error, submitted
 from server.web.i18n import _, _l
 
@@ -225,6 +227,55 @@ STAFF_CARD_REFUSALS = {
 }
 
 
+# What static/staff-card-issue.js says while it issues a staff card on the desk reader: the
+# resident card desk's words where the step is the same, and the staff card's own.
+STAFF_CARD_ISSUE_WORDS = {
+    **{
+        key: CARD_DESK_WORDS[key]
+        for key in (
+            "step.identify",
+            "step.check",
+            "step.secrets",
+            "busy",
+            "error.pin",
+            "error.cardsvc_unreachable",
+            "error.server_unreachable",
+            "error.no_card",
+            "error.no_reader",
+            "error.card_removed",
+            "error.management_key_refused",
+            "error.wrong_pin",
+            "error.pin_blocked",
+            "error.server",
+            "error.card",
+        )
+    },
+    "step.generate": _l("The card makes its two keys: one for kiosks, one for signing in"),
+    "step.certify": _l("The server certifies the card's keys as a staff card's"),
+    "step.write": _l("Writing the certificates, the PIN and the card's own key"),
+    "step.link": _l("Linking the card to this user"),
+    "error.issued_staff": _l(
+        "This card is a staff card already (%(status)s): put a blank card on the reader."
+    ),
+    "error.issued_resident": _l("This is a resident's card: put a blank card on the reader."),
+    "error.not_linked": _l(
+        "The card is written but the server did not link it (%(detail)s). Press the button "
+        "again with the same card."
+    ),
+    **{f"state.{status.value}": words for status, words in STAFF_CARD_STATUS.items()},
+    **{
+        f"refusal.{code}": STAFF_CARD_REFUSALS[code]
+        for code in ("card_assigned", "card_revoked", "not_staff_card", "out_of_scope")
+    },
+    "refusal.user_disabled": _l("This user is disabled: enable them before issuing a card."),
+}
+
+
+def staff_card_issue_words() -> dict[str, str]:
+    """The staff-card issuing words in the page's language, for static/staff-card-issue.js."""
+    return {key: str(words) for key, words in STAFF_CARD_ISSUE_WORDS.items()}
+
+
 class LinkCardForm(FlaskForm):  # type: ignore[misc]
     card = TextAreaField(
         _l("The card's GUID or certificate"), validators=[DataRequired(), Length(max=8000)]
@@ -293,6 +344,8 @@ def user_cards(user_id: int) -> Response | str | tuple[str, int]:
         session, ctx(), me, user_id, after=query_int("after"), limit=PAGE_SIZE + 1
     )
     session.rollback()
+    # The desk reader's issuing script comes back here with ?issued=<guid> once it is linked.
+    issued = next((c["guid"] for c in rows if c["guid"] == request.args.get("issued")), None)
     return render_template(
         "staff/admin_user_cards.html",
         target=target,
@@ -301,6 +354,8 @@ def user_cards(user_id: int) -> Response | str | tuple[str, int]:
         revoke=revoke,
         status_words=STAFF_CARD_STATUS,
         reason_words=STAFF_CARD_REASONS,
+        issued=issued,
+        issue_words=staff_card_issue_words(),
     ), status
 
 

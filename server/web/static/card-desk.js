@@ -28,142 +28,35 @@
  * this tab's sessionStorage for the reload only).
  *
  * Words are the gettext catalogue's, rendered by the server into data-words (zh-CN or en);
- * everything is written with textContent, never as HTML. The PIN is never stored.
+ * everything is written with textContent, never as HTML. The PIN is never stored. The calls,
+ * their errors and the words come from static/card-service.js, shared with the staff-card page.
  */
 "use strict";
 
 (() => {
   const desk = document.getElementById("card-desk");
   if (!desk) return;
-  const WORDS = JSON.parse(desk.dataset.words || "{}");
+  const { Problem, Unreachable, Stop, hex } = window.OneCardDesk; // static/card-service.js
+  const words = window.OneCardDesk.wordsOf(desk);
   const RESIDENT = Number(desk.dataset.resident);
-  const CSRF = document.querySelector("meta[name=csrf-token]")?.content || "";
   const steps = document.getElementById("card-steps");
   const messageBox = document.getElementById("card-message");
   const pinInput = document.getElementById("card-pin");
   const reasonSelect = document.getElementById("replace-reason"); // only with an active card
-  const cardsvcInput = document.getElementById("cardsvc");
   const DONE_KEY = `onecard.card-desk.done.${RESIDENT}`; // sessionStorage: this tab only
-  const given = new URLSearchParams(window.location.search).get("cardsvc");
-  if (given) cardsvcInput.value = given;
-
-  const words = (key, params = {}) =>
-    (WORDS[key] || key).replace(/%\((\w+)\)s/g, (_, name) => String(params[name] ?? ""));
-
-  class Unreachable extends Error {
-    constructor(where) {
-      super(`${where} unreachable`);
-      this.where = where;
-    }
-  }
-
-  class Problem extends Error {
-    constructor(where, status, body) {
-      super(body.detail || `HTTP ${status}`);
-      this.where = where;
-      this.status = status;
-      this.code = body.code || `http_${status}`;
-    }
-  }
-
-  // A refusal this page decides on itself, with its words.
-  class Stop extends Error {
-    constructor(key, params = {}) {
-      super(key);
-      this.key = key;
-      this.params = params;
-    }
-  }
-
-  async function fetchJson(where, url, options = {}) {
-    let response;
-    try {
-      response = await fetch(url, { cache: "no-store", ...options });
-    } catch (error) {
-      throw new Unreachable(where);
-    }
-    let body = {};
-    try {
-      body = await response.json();
-    } catch (error) {
-      body = {};
-    }
-    if (!response.ok) throw new Problem(where, response.status, body);
-    return body;
-  }
-
-  function server(method, path, body) {
-    const headers = { "X-CSRFToken": CSRF };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    return fetchJson("server", `/api/v1${path}`, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "same-origin",
-    });
-  }
-
-  function card(path, body = {}) {
-    const base = cardsvcInput.value.trim().replace(/\/+$/, "");
-    return fetchJson("cardsvc", `${base}/v1${path}`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-    });
-  }
-
-  const hex = (b64) =>
-    Array.from(atob(b64), (c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join("");
+  const server = window.OneCardDesk.serverCalls();
+  const card = window.OneCardDesk.cardCalls(document.getElementById("cardsvc"));
 
   // --- what the technician sees ------------------------------------------------------------
 
-  function say(text, tone) {
-    messageBox.textContent = text;
-    messageBox.className = tone ? `flash ${tone}` : "";
-  }
+  const progress = window.OneCardDesk.progress(steps, messageBox, words);
+  const { say, step } = progress;
 
-  let current = null;
-  function step(key) {
-    if (current) current.dataset.state = "done";
-    current = document.createElement("li");
-    current.dataset.step = key.replace("step.", "");
-    current.dataset.state = "running";
-    current.textContent = words(key);
-    steps.append(current);
-  }
-
-  function explain(error) {
-    if (error instanceof Stop) return words(error.key, error.params);
-    if (error instanceof Unreachable) {
-      return words(error.where === "cardsvc" ? "error.cardsvc_unreachable" : "error.server_unreachable");
-    }
-    if (error instanceof Problem && error.where === "cardsvc") {
-      const known = {
-        no_card: "error.no_card",
-        no_reader: "error.no_reader",
-        pcscd_unavailable: "error.no_reader",
-        card_removed: "error.card_removed",
-        management_key_refused: "error.management_key_refused",
-        wrong_pin: "error.wrong_pin",
-        pin_blocked: "error.pin_blocked",
-      }[error.code];
-      return words(known || "error.card", { detail: error.message });
-    }
-    return words("error.server", { detail: error.message });
-  }
+  const explain = (error) => window.OneCardDesk.explain(words, error);
 
   // --- the flows (onecard/card.py) ---------------------------------------------------------
 
-  function newPin() {
-    const pin = pinInput.value.trim();
-    if (!/^[0-9]{6,8}$/.test(pin)) {
-      pinInput.setAttribute("aria-invalid", "true");
-      pinInput.focus();
-      throw new Stop("error.pin");
-    }
-    pinInput.removeAttribute("aria-invalid");
-    return pin;
-  }
+  const newPin = () => window.OneCardDesk.pinFrom(pinInput);
 
   async function identify(expected) {
     step("step.identify");
@@ -222,7 +115,7 @@
       step("step.check");
       try {
         const known = await server("GET", `/cards/${guid}`);
-        const status = WORDS[`state.${known.status}`] || known.status;
+        const status = words.has(`state.${known.status}`) ? words(`state.${known.status}`) : known.status;
         throw new Stop("error.already_issued", { status });
       } catch (error) {
         if (!(error instanceof Problem && error.code === "card_unknown")) throw error;
@@ -235,8 +128,7 @@
     } catch (error) {
       // An interrupted run set the card's own management key: ask the server for it.
       if (!(error instanceof Problem && error.code === "management_key_refused" && guid)) throw error;
-      current.remove(); // not a failure: the card is ours, on a key of its own
-      current = null;
+      progress.drop(); // not a failure: the card is ours, on a key of its own
       step("step.secrets");
       const keys = await server("POST", `/cards/${guid}/secrets`, { purpose: "provision" });
       managementKey = { management_key: hex(keys.management_key), management_key_type: "AES128" };
@@ -312,17 +204,16 @@
 
   async function run(button) {
     buttons.forEach((b) => { b.disabled = true; });
-    steps.replaceChildren();
-    current = null;
+    progress.reset();
     revokedOld = null;
     desk.dataset.outcome = "busy";
     say(words("busy"));
     try {
       const done = await FLOWS[button.dataset.cardAction](button.dataset.guid);
-      if (current) current.dataset.state = "done";
+      progress.end("done");
       reloadShowing(done, "ok");
     } catch (error) {
-      if (current) current.dataset.state = "failed";
+      progress.end("failed");
       if (revokedOld) {
         // The old card is revoked and the resident has no active card now: show it so.
         reloadShowing(`${explain(error)} ${words("error.revoked_anyway", revokedOld)}`, "bad");
