@@ -12,7 +12,7 @@ from flask import Flask
 
 from server.api import kiosk, provisioning, public, staff, station
 from server.config import ServerConfig
-from server.http import framework, metrics, problems, requestlog
+from server.http import framework, metrics, problems, serving
 from server.services import Context
 from server.store.db import db
 from server.store.fieldcrypto import FieldCipher
@@ -52,9 +52,9 @@ def create_app(config: Mapping[str, Any] | ServerConfig | None = None) -> Flask:
     )
     db.init_app(app, settings.database_url)
     problems.register(app)
-    requestlog.init_app(app)
     framework.init_app(app, context)
     metrics.init_app(app, context)
+    serving.init_app(app, metrics.registry_of(app))
     for blueprint in (*API_BLUEPRINTS, station_page.pages):
         app.register_blueprint(blueprint)
     provisioning.init_app(app, config)

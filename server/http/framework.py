@@ -18,7 +18,7 @@ and the framework does the rest, in this order, the same for every call:
 4. the view, run in the request's transaction once per Idempotency-Key
    (services.run_idempotent), its answer committed with its effects and the request's nonce.
 
-A device request that fails after authentication still spends its nonce (`_spend_nonce_anyway`).
+A device request that fails after authentication still spends its nonce (`spend_nonce_anyway`).
 Every answer carries `X-Content-Type-Options: nosniff`; every JSON API answer carries
 `Cache-Control: no-store` (answers hold personal and health data).
 
@@ -32,9 +32,9 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -121,10 +121,10 @@ REQUIRED = "required"
 OPTIONAL = "optional"
 
 
-def idempotency_key(policy: str | None) -> str | None:
+def idempotency_key(req: Request, policy: str | None) -> str | None:
     if policy is None:
         return None
-    key = request.headers.get(requestsig.HEADER_IDEMPOTENCY)
+    key = req.headers.get(requestsig.HEADER_IDEMPOTENCY)
     if key is None:
         if policy == REQUIRED:
             raise InvalidRequest(
@@ -245,11 +245,18 @@ def _handle(
     on_answer: Callable[[dict[str, Any]], None] | None,
     path: dict[str, Any],
 ) -> tuple[Response, int]:
-    session = db.session
-    context = ctx()
+    # The request, `g`, the app and its session are looked up once here and handed down:
+    # each look-up through Flask's context-local proxies costs every kiosk call.
+    here = _Here(
+        request._get_current_object(),  # type: ignore[attr-defined]
+        g._get_current_object(),  # type: ignore[attr-defined]
+        current_app._get_current_object(),  # type: ignore[attr-defined]
+    )
+    session = here.session = db.session
+    context = here.context = context_of(here.app)
     call: Call[Any, Any] = Call(body=None, query=None, session=session, ctx=context)
     if isinstance(spec.auth, DeviceAuth):
-        call.device = authenticated_device(spec.auth.kind)
+        call.device = authenticated_device(here, spec.auth.kind)
         scope = f"kiosk:{call.device.id}"
     elif isinstance(spec.auth, StaffAuth):
         call.user_id = authenticate_staff_request(session, spec.auth.roles).id
@@ -257,12 +264,13 @@ def _handle(
         scope = f"user:{call.user_id}"
     else:
         scope = "public"
-    key = idempotency_key(spec.idempotency)
+    key = idempotency_key(here.request, spec.idempotency)
     if spec.body is not None:
-        call.body = parse_body(spec.body, spec.field_codes)
+        call.body = parse_body(here.request, spec.body, spec.field_codes)
     if spec.query is not None:
         call.query = parse_query(spec.query)
     return answer_once(
+        here,
         scope,
         key,
         lambda: (spec.status, view(call, **path)),
@@ -271,12 +279,25 @@ def _handle(
     )
 
 
+@dataclass
+class _Here:
+    """What one call's handling looks up once (see _handle)."""
+
+    request: Request
+    g: Any
+    app: Flask
+    session: Session = field(init=False)
+    context: services.Context = field(init=False)
+
+
 # --- parsing -------------------------------------------------------------------------------------
 
 
-def parse_body(model: type[Contract], field_codes: dict[str, str] | None = None) -> Any:
-    raw = request.get_data(cache=True)
-    if _JSON_NUL.search(raw):
+def parse_body(
+    req: Request, model: type[Contract], field_codes: dict[str, str] | None = None
+) -> Any:
+    raw = req.get_data(cache=True)
+    if b"\\u0000" in raw and _JSON_NUL.search(raw):  # the substring test is the cheap one
         raise InvalidRequest("text must not contain the NUL character (U+0000)", code="text_invalid")
     try:
         return model.model_validate_json(raw)
@@ -312,30 +333,33 @@ def _invalid(exc: ValidationError, field_codes: dict[str, str]) -> InvalidReques
 # --- devices and nonces --------------------------------------------------------------------------
 
 
-def signed_path() -> str:
-    path = request.script_root + request.path
-    if request.query_string:
-        path += "?" + request.query_string.decode("latin-1")
+def signed_path(req: Request) -> str:
+    """The path and query a device signed (docs/interfaces.md)."""
+    path = req.script_root + req.path
+    if req.query_string:
+        path += "?" + req.query_string.decode("latin-1")
     return path
 
 
-def authenticated_device(kind: str | None = None) -> services.AuthenticatedDevice:
-    """The device that signed this request, refused (403) when it is of another `kind`."""
+def authenticated_device(here: _Here, kind: str | None) -> services.AuthenticatedDevice:
+    req = here.request
+    headers = req.headers
+    nonce = headers.get(requestsig.HEADER_NONCE)
     device = services.authenticate_kiosk(
-        db.session,
-        ctx(),
+        here.session,
+        here.context,
         services.SignedRequest(
-            kiosk_id=request.headers.get(requestsig.HEADER_KIOSK),
-            timestamp=request.headers.get(requestsig.HEADER_TIMESTAMP),
-            nonce=request.headers.get(requestsig.HEADER_NONCE),
-            signature=request.headers.get(requestsig.HEADER_SIGNATURE),
-            method=request.method,
-            path=signed_path(),
-            body=request.get_data(cache=True),
+            kiosk_id=headers.get(requestsig.HEADER_KIOSK),
+            timestamp=headers.get(requestsig.HEADER_TIMESTAMP),
+            nonce=nonce,
+            signature=headers.get(requestsig.HEADER_SIGNATURE),
+            method=req.method,
+            path=signed_path(req),
+            body=req.get_data(cache=True),
         ),
     )
-    # Committed with the request's own transaction; if that never commits, _spend_nonce_anyway.
-    g.unspent_nonce = (device.id, request.headers[requestsig.HEADER_NONCE])
+    # Committed with the request's own transaction; if that never commits, spend_nonce_anyway.
+    here.g.unspent_nonce = (device.id, nonce)
     if kind is not None and device.kind != kind:
         raise Forbidden(
             f"this call is for a {kind}, and {device.id} is a {device.kind}", code="wrong_device"
@@ -343,42 +367,41 @@ def authenticated_device(kind: str | None = None) -> services.AuthenticatedDevic
     return device
 
 
-def _spend_nonce_anyway(response: Response) -> Response:
-    """A signed request that failed after authentication still uses up its nonce."""
-    unspent = g.pop("unspent_nonce", None)
+def spend_nonce_anyway(app: Flask, g_: Any) -> None:
+    """A signed request that failed after authentication still uses up its nonce; and every
+    NONCE_PRUNE_EVERY requests of this process, spent nonces past the clock window are pruned
+    (server.http.serving runs this after every request)."""
+    unspent = g_.pop("unspent_nonce", None)
     if unspent is not None:
         session = db.session
         session.rollback()
-        services.spend_nonce(session, ctx(), *unspent)
-    counter = current_app.extensions.setdefault("onecard_nonce_counter", [0])
+        services.spend_nonce(session, context_of(app), *unspent)
+    counter = app.extensions.setdefault("onecard_nonce_counter", [0])
     counter[0] += 1
     if counter[0] % NONCE_PRUNE_EVERY == 0:
         session = db.session
         session.rollback()
         try:
-            services.prune_nonces(session, ctx())
+            services.prune_nonces(session, context_of(app))
             session.commit()
         except SQLAlchemyError:  # housekeeping must never fail the answer; the next try will do
             session.rollback()
             log.warning("pruning spent nonces failed", exc_info=True)
-    return response
 
 
 # --- running a call once -------------------------------------------------------------------------
 
 
 def answer_once(
+    here: _Here,
     scope: str,
     key: str | None,
     operation: Callable[[], tuple[int, dict[str, Any]]],
     *,
-    look_first: bool = True,
-    answered: Callable[[dict[str, Any]], None] | None = None,
+    look_first: bool,
+    answered: Callable[[dict[str, Any]], None] | None,
 ) -> tuple[Response, int]:
-    """Run `operation` in the request's transaction, once per Idempotency-Key
-    (services.run_idempotent, which says when `look_first=False` may be used); `answered` is
-    called with the answer when it is this request's own, committed, not a replayed one."""
-    session = db.session
+    session = here.session
     if key is None:
         try:
             status, body = operation()
@@ -386,19 +409,25 @@ def answer_once(
         except BaseException:
             session.rollback()
             raise
-        g.pop("unspent_nonce", None)
+        here.g.pop("unspent_nonce", None)
         if answered is not None:
             answered(body)
-        return jsonify(body), status
-    fingerprint = services.request_hash(request.method, signed_path(), request.get_data(cache=True))
+        return _json(here.app, body), status
+    req = here.request
+    fingerprint = services.request_hash(req.method, signed_path(req), req.get_data(cache=True))
     stored = services.run_idempotent(
-        session, ctx(), scope, key, fingerprint, operation, look_first=look_first
+        session, here.context, scope, key, fingerprint, operation, look_first=look_first
     )
     if stored.committed:
-        g.pop("unspent_nonce", None)
+        here.g.pop("unspent_nonce", None)
     if answered is not None and not stored.replayed:
         answered(stored.body)
-    return jsonify(stored.body), stored.status
+    return Response(stored.text, stored.status, mimetype="application/json"), stored.status
+
+
+def _json(app: Flask, body: dict[str, Any]) -> Response:
+    """`jsonify(body)` without looking the app up again."""
+    return cast(Response, app.json.response(body))
 
 
 # --- path values ---------------------------------------------------------------------------------
@@ -439,28 +468,33 @@ class DeviceAwareSessions(SecureCookieSessionInterface):
 
 
 NO_STORE_PREFIXES = ("/api/", "/staff/")
+# Added to every answer of the JSON API and the staff pages (held personal and health data).
+_NO_STORE = (("Cache-Control", "no-store"), ("Referrer-Policy", "no-referrer"))
 
 
-def _hygiene(response: Response) -> Response:
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    if request.path.startswith(NO_STORE_PREFIXES):
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+def hygiene(response: Response, path: str) -> None:
+    """`nosniff` on every answer; `no-store` and no referrer on the JSON API and staff pages."""
+    headers = response.headers
+    headers["X-Content-Type-Options"] = "nosniff"
+    if path.startswith(NO_STORE_PREFIXES):
+        for name, value in _NO_STORE:
+            headers[name] = value
 
 
-def _refuse_nul_in_query() -> None:
-    if any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+def refuse_nul_in_query(query_string: bytes) -> None:
+    """PostgreSQL text cannot hold U+0000: a query carrying one (raw or %-escaped) is a 400."""
+    if query_string and (b"\x00" in query_string or b"%00" in query_string) and any(
+        "\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)
+    ):
         raise InvalidRequest(
             "the query must not contain the NUL character (U+0000)", code="text_invalid"
         )
 
 
 def init_app(app: Flask, context: services.Context) -> None:
+    """The context, the session interface and the path converters. The per-request steps
+    (NUL check, nonce, hygiene) are run by server.http.serving's two hooks."""
     app.extensions[CONTEXT_KEY] = context
     app.session_interface = DeviceAwareSessions()
     app.url_map.converters["dbid"] = DbIdConverter
     app.url_map.converters["hex32"] = Hex32Converter
-    app.before_request(_refuse_nul_in_query)
-    app.after_request(_spend_nonce_anyway)
-    app.after_request(_hygiene)

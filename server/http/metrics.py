@@ -22,11 +22,11 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
-import time
 from collections import Counter as Tally
 from collections.abc import Iterator
+from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, request
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -81,10 +81,20 @@ class Registry:
             ["outcome"],
             registry=self.own,
         )
+        # (endpoint, method, status) -> its request counter and latency histogram. Endpoints
+        # are the app's URL rules (or "unmatched"), so the keys are few.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, method, str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        """Count one answered request (server.http.serving calls this after every request)."""
+        series = self._series.get((endpoint, method, status))
+        if series is None:  # `labels()` checks and locks each time: look each series up once
+            series = self._series[(endpoint, method, status)] = (
+                self.requests.labels(endpoint, method, str(status)),
+                self.latency.labels(endpoint),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def authorization(self, outcome: str) -> None:
         self.outcomes.labels(outcome).inc()
@@ -210,20 +220,6 @@ def init_app(app: Flask, context: Context) -> None:
     app.extensions[EXTENSION_KEY] = registry
     gauges = ReservationGauges(context)
     fleet_gauges = FleetGauges(context)
-
-    @app.before_request
-    def _start_timer() -> None:
-        g._onecard_started = time.perf_counter()
-
-    @app.after_request
-    def _observe(response: Response) -> Response:
-        started = g.get("_onecard_started")
-        if started is not None:
-            endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-            registry.observe(
-                endpoint, request.method, response.status_code, time.perf_counter() - started
-            )
-        return response
 
     @app.get("/metrics")
     def _metrics() -> Response:

@@ -166,6 +166,9 @@ def prune_nonces(session: Session, ctx: Context) -> int:
 class StoredAnswer:
     status: int
     body: dict[str, Any]
+    # The answer's JSON text as stored: what the caller sends, the first time and on every
+    # retry alike (byte for byte), without serialising the body a second time.
+    text: str
     # Whether the transaction open when run_idempotent was called was committed (with whatever
     # it held before, such as the request's nonce) rather than rolled back.
     committed: bool = True
@@ -211,19 +214,18 @@ def run_idempotent(
             return stored
     try:
         status, body = operation()
+        text = json.dumps(body, separators=(",", ":"))
         ledger.ledger_for(session).commit_answer(
-            ledger.Answer(
-                scope, key, fingerprint, status, json.dumps(body, separators=(",", ":")), ctx.now()
-            )
+            ledger.Answer(scope, key, fingerprint, status, text, ctx.now())
         )
-        return StoredAnswer(status, body)
+        return StoredAnswer(status, body, text)
     except ledger.INTEGRITY_ERRORS:
         session.rollback()
         stored = _stored_answer(session, scope, key, fingerprint)
         if stored is None:
             raise
         session.rollback()
-        return StoredAnswer(stored.status, stored.body, committed=False, replayed=True)
+        return StoredAnswer(stored.status, stored.body, stored.text, committed=False, replayed=True)
     except ApiError:
         session.rollback()
         if look_first:
@@ -232,7 +234,7 @@ def run_idempotent(
         session.rollback()
         if stored is None:
             raise
-        return StoredAnswer(stored.status, stored.body, committed=False, replayed=True)
+        return StoredAnswer(stored.status, stored.body, stored.text, committed=False, replayed=True)
     except BaseException:
         session.rollback()
         raise
@@ -252,4 +254,5 @@ def _stored_answer(session: Session, scope: str, key: str, fingerprint: str) -> 
         raise Unprocessable(
             "this Idempotency-Key was used for a different request", code="idempotency_key_reused"
         )
-    return StoredAnswer(record.status_code, json.loads(record.response_body), replayed=True)
+    text = record.response_body
+    return StoredAnswer(record.status_code, json.loads(text), text, replayed=True)

@@ -18,7 +18,7 @@ import datetime as dt
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
@@ -72,6 +72,25 @@ def settings_from(overrides: Mapping[str, Any] | None) -> WebSettings:
     )
 
 
+def _on_pages_only(app: Flask, install: Callable[[], object]) -> None:
+    """Run `install` (extensions' init_app), then move the request hooks it added app-wide onto
+    the staff page blueprints, where they apply: Flask-WTF's CSRF hook (a no-op with
+    WTF_CSRF_CHECK_DEFAULT off: the pages call `csrf.protect()` themselves) and Flask-Login's
+    remember-me cookie hook would otherwise run on every kiosk call too (server.http.serving)."""
+    before = list(app.before_request_funcs.get(None, ()))
+    after = list(app.after_request_funcs.get(None, ()))
+    install()
+    added_before = [f for f in app.before_request_funcs.get(None, ()) if f not in before]
+    added_after = [f for f in app.after_request_funcs.get(None, ()) if f not in after]
+    app.before_request_funcs[None] = before
+    app.after_request_funcs[None] = after
+    for blueprint in STAFF_BLUEPRINTS:
+        # Registered before the blueprint's own hooks, so they run in the order they would have
+        # app-wide: these before the page's checks, and after its headers.
+        app.before_request_funcs.setdefault(blueprint.name, []).extend(added_before)
+        app.after_request_funcs.setdefault(blueprint.name, []).extend(added_after)
+
+
 def init_app(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
     """Attach the staff pages to the app. Call after the Context and the database are set."""
     settings = settings_from(overrides if isinstance(overrides, Mapping) else None)
@@ -94,8 +113,7 @@ def init_app(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
         WTF_CSRF_SSL_STRICT=False,
     )
     i18n.init_app(app)
-    csrf.init_app(app)
-    login_manager.init_app(app)
+    _on_pages_only(app, lambda: (csrf.init_app(app), login_manager.init_app(app)))
     login_manager.session_protection = None  # the server-side session is the protection
     login_manager.login_view = "auth.sign_in"
     login_manager.login_message = _l("Please sign in to see this page.")
