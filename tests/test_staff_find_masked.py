@@ -117,7 +117,14 @@ def test_a_masked_number_finds_the_areas_residents_each_an_audited_read(
             assert (refused.value.code, refused.value.extra["field"]) == (code, field)
             assert len(reads(w, tech_id)) == before
 
-        # A page at a time, by id.
+        # A page at a time, by id; the look-ahead that tells a page more follow is no read.
+        before = len(reads(w, tech_id))
+        peek = people.search_residents(
+            session, w.ctx, tech, id_number="110105****1234", limit=1, one_more=True
+        )
+        session.commit()
+        assert len(reads(w, tech_id)) == before + 1
+        assert len(peek) == 2 and set(peek[1]) == {"resident_id"} and "name" in peek[0]
         first = people.search_residents(session, w.ctx, tech, id_number="110105****1234", limit=1)
         rest = people.search_residents(
             session, w.ctx, tech, id_number="110105****1234", after=first[0]["resident_id"]
@@ -136,7 +143,7 @@ def test_a_masked_number_finds_the_areas_residents_each_an_audited_read(
         f"resident:{ids['110105199001011234']}",
         f"resident:{ids['110105198502021234']}",
     ]
-    assert len(subjects) == 2 + 2 + 2 + 1 + 1 + 1 + 2
+    assert len(subjects) == 2 + 2 + 2 + 1 + 1 + 1 + 1 + 2  # the look-ahead page read one
 
 
 def test_the_find_page_takes_a_masked_number_and_says_what_is_missing(

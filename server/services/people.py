@@ -299,10 +299,13 @@ def search_residents(
     birth_date: dt.date | None = None,
     after: int = 0,
     limit: int = 25,
+    one_more: bool = False,
 ) -> list[dict[str, Any]]:
     """Residents registered or living in the user's area, by ID number, phone or name (each
     through its keyed hash; given together, all must match), by id from `after`. Each person
-    returned is an audited read. No commit.
+    returned is an audited read. With `one_more`, a next match after the `limit` shown, if
+    any, comes last as `{"resident_id": id}` only: not read, not audited, just so a page knows
+    that more follow. No commit.
 
     The ID number may be masked (`masked_id_number`): its first six and last four are found
     through their keyed hash; the last four alone only together with the date of birth (their
@@ -348,16 +351,18 @@ def search_residents(
         query = query.where(Resident.name_index == cipher.blind_index("name", name))
     matches = sorted(session.scalars(query.limit(MAX_MATCHES)).all(), key=lambda r: r.id)
     area = None if user.region_id is None else set(subtree_ids(session, user.region_id))
-    shown = [
+    in_area = [
         resident
         for resident in matches
         if area is None or resident.region_id in area or resident.current_region_id in area
-    ][:limit]
+    ]
+    shown = in_area[:limit]
     if id_number and masked is None:
         for resident in shown:
             remember_id_prefix(ctx, resident, id_number)
     _audit_reads(session, ctx, user, [resident.id for resident in shown])
-    return resident_views(session, ctx, shown)
+    more = [{"resident_id": in_area[limit].id}] if one_more and len(in_area) > limit else []
+    return resident_views(session, ctx, shown) + more
 
 
 def remember_id_prefix(ctx: Context, resident: Resident, id_number: str) -> None:

@@ -163,7 +163,8 @@ def find() -> str | tuple[str, int]:
                 name=(form.name.data or "").strip() or None,
                 birth_date=form.birth_date.data,
                 after=query_int("after"),
-                limit=PAGE + 1,
+                limit=PAGE,
+                one_more=True,  # only to know that a next page follows: not read, not audited
             )
         except ApiError as exc:
             session.rollback()
