@@ -122,6 +122,7 @@ def per_pair(tree: Path, database: str) -> tuple[float, int]:
             capture_output=True,
             text=True,
             env={**os.environ, "PYTHONPATH": str(tree)},
+            cwd=tree,  # gunicorn puts its working directory first on the path
             check=False,
         )
         if done.returncode != 0:
