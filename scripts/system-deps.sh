@@ -24,6 +24,7 @@ need systemd          sh -c 'command -v systemd-analyze'
 need postgresql-client sh -c 'command -v pg_dump && command -v pg_restore'
 need prometheus       sh -c 'command -v promtool'  # checks deploy/monitoring's alert rules in the tests
 need npm              sh -c 'command -v npm'  # installs the tests' axe-core (package.json)
+need valgrind         sh -c 'command -v valgrind'  # bench/bench_worker_instructions.py counts instructions
 need python3-venv     "$py" -c 'import ensurepip, venv'
 need python3-dev      "$py" -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))'
 
