@@ -18,7 +18,8 @@ import pytest
 
 import kiosk.client
 from kiosk.client import ServerClient
-from server.http.requestlog import REQUEST_LOGGER, JsonFormatter, RequestIdFilter
+from server.http import requestlog
+from server.http.requestlog import REQUEST_LOGGER, configure_logging
 from tests.fixtures.database import ServerWorld
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,35 +27,42 @@ ROOT = Path(__file__).resolve().parent.parent
 SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
+class JsonLog:
+    """What the server's loggers write, as production configures them (server.http.requestlog:
+    JSON lines, request lines written straight to the handler, in batches)."""
+
+    def __init__(self, buffer: io.StringIO, handler: requestlog.BatchedJsonHandler) -> None:
+        self.buffer, self.handler = buffer, handler
+
+    def lines(self, logger: str = REQUEST_LOGGER) -> list[dict]:  # type: ignore[type-arg]
+        """The lines `logger` wrote (the live server's werkzeug writes its own too)."""
+        self.handler.flush()  # what a batch still holds
+        docs = [json.loads(line) for line in self.buffer.getvalue().splitlines()]
+        return [doc for doc in docs if doc["logger"] == logger]
+
+
 @pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    """What the server's loggers write, formatted as in production (JSON lines)."""
+def json_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[JsonLog]:
+    root = logging.getLogger()
+    level = root.level
+    # configure_logging replaces the root's handlers; the test gets them back afterwards.
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(requestlog, "_handler", None)
+    monkeypatch.setenv("ONECARD_LOG_LEVEL", "INFO")
     buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(RequestIdFilter())
-    loggers = [logging.getLogger(REQUEST_LOGGER), logging.getLogger("server.test")]
-    saved = [(lg, lg.level) for lg in loggers]
-    for logger in loggers:
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    log = JsonLog(buffer, configure_logging(buffer))
     try:
-        yield buffer
+        yield log
     finally:
-        for logger, level in saved:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
-
-
-def _lines(buffer: io.StringIO) -> list[dict]:  # type: ignore[type-arg]
-    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+        root.removeHandler(log.handler)
+        root.setLevel(level)
 
 
 @SQLITE
 def test_the_kiosks_request_id_is_in_the_servers_log(
     server_world: ServerWorld,
     live_server: str,
-    json_log: io.StringIO,
+    json_log: JsonLog,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     w = server_world
@@ -72,7 +80,7 @@ def test_the_kiosks_request_id_is_in_the_servers_log(
         assert answer.authorization_id is not None
         client.capture(answer.authorization_id, 3, secrets.token_hex(8))
     assert len(sent) == 2 and len(set(sent)) == 2
-    logged = {line["request_id"]: line for line in _lines(json_log)}
+    logged = {line["request_id"]: line for line in json_log.lines()}
     authorize, capture = logged[sent[0]], logged[sent[1]]
     assert (authorize["method"], authorize["path"], authorize["status"]) == (
         "POST",
@@ -89,7 +97,7 @@ def test_the_kiosks_request_id_is_in_the_servers_log(
 
 @SQLITE
 def test_a_request_without_a_usable_id_gets_one(
-    server_world: ServerWorld, json_log: io.StringIO
+    server_world: ServerWorld, json_log: JsonLog
 ) -> None:
     w = server_world
     plain = w.client.get("/api/v1/health")
@@ -100,14 +108,14 @@ def test_a_request_without_a_usable_id_gets_one(
     for bad in ("two words", "x" * 65, "semi;colon"):
         replaced = w.client.get("/api/v1/health", headers={"X-Request-Id": bad})
         assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["X-Request-Id"])
-    ids = [line["request_id"] for line in _lines(json_log)]
+    ids = [line["request_id"] for line in json_log.lines()]
     assert ids[:2] == [made, "kiosk-abc.123"] and len(ids) == 5
     assert not any(bad in ids for bad in ("two words", "semi;colon"))
 
 
 @SQLITE
 def test_records_written_during_a_request_carry_its_id(
-    server_world: ServerWorld, json_log: io.StringIO
+    server_world: ServerWorld, json_log: JsonLog
 ) -> None:
     from flask import g
 
@@ -115,7 +123,7 @@ def test_records_written_during_a_request_carry_its_id(
     with app.test_request_context("/api/v1/health"):
         g.request_id = "req-42"
         logging.getLogger("server.test").warning("something to see", extra={"kiosk": "K-9"})
-    (line,) = _lines(json_log)
+    (line,) = json_log.lines("server.test")
     assert line["request_id"] == "req-42" and line["kiosk"] == "K-9"
     assert line["message"] == "something to see" and line["level"] == "WARNING"
 
@@ -137,3 +145,74 @@ def test_the_kiosks_log_lines_have_time_and_level() -> None:
     assert re.fullmatch(
         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO kiosk\.tap: served\n", result.stdout
     )
+
+
+@SQLITE
+def test_the_request_line_is_what_the_formatter_writes_for_the_same_fields(
+    server_world: ServerWorld, json_log: JsonLog
+) -> None:
+    """The request line skips the LogRecord (speed); it must still read like every other line."""
+    w = server_world
+    w.client.get("/api/v1/health/ä?x=1", headers={"X-Request-Id": "r-1", "X-Kiosk-Id": "K-7"})
+    (direct,) = json_log.lines()
+    record = logging.makeLogRecord(
+        {
+            "name": REQUEST_LOGGER,
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": "%s %s %d",
+            "args": ("GET", "/api/v1/health/ä", 404),
+            "created": 0.0,
+            **{k: direct[k] for k in ("request_id", "method", "path", "status", "ms", "device")},
+        }
+    )
+    formatted = json.loads(requestlog.JsonFormatter().format(record))
+    assert list(direct) == list(formatted)
+    assert {**direct, "time": None} == {**formatted, "time": None}
+    assert direct["path"] == "/api/v1/health/ä" and direct["status"] == 404
+    assert "x=1" not in json.dumps(direct)  # never the query string
+
+
+def test_lines_are_written_in_batches_and_a_warning_at_once() -> None:
+    stream = io.StringIO()
+    handler = requestlog.BatchedJsonHandler(stream)
+    handler.FLUSH_SECONDS = 60.0  # no timed flush during this test: only the rules below
+    handler.line('{"n": 1}')
+    handler.line('{"n": 2}')
+    assert stream.getvalue() == ""
+    record = logging.makeLogRecord(
+        {"name": "server.x", "levelno": logging.WARNING, "levelname": "WARNING", "msg": "w"}
+    )
+    handler.handle(record)
+    written = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [d.get("n", d.get("message")) for d in written] == [1, 2, "w"]
+    for n in range(handler.MOST_LINES):
+        handler.line(f'{{"n": {n}}}')
+    assert len(stream.getvalue().splitlines()) == 3 + handler.MOST_LINES
+
+
+def test_waiting_lines_are_written_when_the_process_exits_and_by_the_timer() -> None:
+    script = (
+        "import sys, time; from server.http.requestlog import configure_logging; "
+        "h = configure_logging(); h.line('{\"n\": 1}'); time.sleep(1.0); "
+        "print('--', flush=True); h.line('{\"n\": 2}')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    # The first line was written by the timer before the marker; the second at exit.
+    assert result.stdout.splitlines() == ['{"n": 1}', "--", '{"n": 2}']
+
+
+def test_a_stream_that_is_not_utf8_gets_escaped_lines_not_none() -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii")
+    handler = requestlog.BatchedJsonHandler(stream)
+    handler.line('{"path": "/ä"}', urgent=True)
+    assert raw.getvalue() == b'{"path": "/\\xe4"}\n'

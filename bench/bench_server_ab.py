@@ -1,0 +1,255 @@
+"""This tree against another version over real HTTP, both served at once, in alternating rounds.
+
+bench/bench_server.py times one version; on this shared 2-core machine its figures move by up to
+a quarter between identical runs, so two separate runs cannot show a difference of a few percent.
+Here both versions run side by side, each from its own tree (the other in a temporary git
+worktree), each with its own PostgreSQL database seeded by its own code, each under gunicorn as
+in production (server.gunicorn_config, 2 workers x 4 threads by default). The same 64 kiosks
+then load one server, then the other, for a few seconds each, alternating which goes first, for
+a dozen rounds: whatever else the machine does in a given minute falls on both.
+
+Each server writes its JSON request lines to a file, as production writes them to journald's
+pipe (a server whose standard output is /dev/null would hide the logging's cost).
+
+It prints, per round and as medians: authorizations/s and the server's CPU per authorize +
+capture pair, and the median of the per-round ratios (this tree / baseline).
+
+    .venv/bin/python bench/bench_server_ab.py [--baseline GIT-REF] [--rounds 12] [--seconds 8]
+        [--clients 64] [--workers 2] [--threads 4] [--env NAME=VALUE ...]
+
+The baseline defaults to the code before the request framework was rebuilt (issue 9).
+`--together` loads both servers at the same moment instead of one after the other: each then has
+about half the machine, and a disturbance falls on both at once (the figures are then not
+comparable with a lone server's, only with each other).
+`--env` sets a variable for this tree's server only (e.g. ONECARD_LOG_LEVEL=WARNING, to see what
+the request lines cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import bench_server as bench  # noqa: E402  (this tree's load generator and CPU reading)
+
+WARM_SECONDS = 3.0
+# The last commit before the request framework and contracts were rebuilt (issue 9): the "before"
+# that the kiosk hot path must not be slower than.
+BEFORE_CONTRACTS = "57aa8e8"
+
+
+def serve(tree: Path, out: Path, clients: int, workers: int, threads: int) -> None:
+    """In a child process whose path starts with `tree`: seed a database with the tree's own
+    code, start its server, write {spec, pid} to `out`, and keep it up until stdin closes."""
+    sys.path[:0] = [str(tree), str(tree / "bench")]
+    os.environ.setdefault("ONECARD_PRODUCTION", "0")
+    import bench_server as b
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from cardsvc.ca import CardCA
+
+    with tempfile.TemporaryDirectory(prefix="onecard-ab-") as tmp_name:
+        tmp = Path(tmp_name)
+        ca = CardCA.create(tmp / "ca")
+        (tmp / "ca.pem").write_bytes(ca.certificate.public_bytes(Encoding.PEM))
+        env = {
+            "ONECARD_DATA_DIR": str(tmp / "data"),
+            "ONECARD_FIELD_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+            "ONECARD_CARD_CA_CERT": str(tmp / "ca.pem"),
+        }
+        pg = b.postgres_database()
+        if pg is None:
+            raise SystemExit("PostgreSQL: not reachable at 127.0.0.1:5432")
+        try:
+            kiosks = b.prepare(pg.url, env, ca, clients, cards_per_kiosk=4)
+            port = b.free_port()
+            with open(tmp / "requests.log", "wb") as log:
+                server = subprocess.Popen(
+                    b.gunicorn_command(port, workers, threads),
+                    env={**os.environ, **env, "ONECARD_DATABASE_URL": pg.url},
+                    stdout=log,
+                    stderr=subprocess.DEVNULL,
+                )
+            try:
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        urllib.request.urlopen(
+                            f"http://127.0.0.1:{port}/api/v1/health", timeout=2
+                        ).close()
+                        break
+                    except OSError:
+                        if server.poll() is not None or time.monotonic() > deadline:
+                            raise RuntimeError(f"the server in {tree} did not start") from None
+                        time.sleep(0.1)
+                spec = {"host": "127.0.0.1", "port": port, "kiosks": kiosks}
+                out.write_text(json.dumps({"spec": spec, "pid": server.pid}))
+                sys.stdin.read()  # the parent closes it when the rounds are done
+            finally:
+                server.terminate()
+                server.wait(30)
+        finally:
+            assert pg.pg_user and pg.pg_name
+            b.drop_postgres_database(pg.pg_user, pg.pg_name)
+
+
+class Side:
+    """One version's server, as the parent drives it."""
+
+    def __init__(
+        self, label: str, tree: Path, tmp: Path, args: argparse.Namespace, env: dict[str, str]
+    ):
+        self.label = label
+        self.ready = tmp / f"{label}.json"
+        self.spec_path = tmp / f"{label}.spec.json"
+        self.child = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                str(tree),
+                str(self.ready),
+                str(args.clients),
+                str(args.workers),
+                str(args.threads),
+            ],
+            stdin=subprocess.PIPE,
+            env={**os.environ, **env, "PYTHONPATH": str(tree)},
+            cwd=tree,  # gunicorn puts its working directory first on the path
+        )
+        self.rates: list[float] = []
+        self.cpu_per_pair: list[float] = []
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 600
+        while not self.ready.exists():
+            if self.child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.label}: the server did not come up")
+            time.sleep(0.5)
+        time.sleep(0.2)  # the file is written in one call, but let it land
+        started = json.loads(self.ready.read_text())
+        self.spec: dict[str, Any] = started["spec"]
+        self.pid: int = started["pid"]
+
+    def run(self, seconds: float) -> dict[str, Any]:
+        self.spec_path.write_text(json.dumps(self.spec))
+        before = bench.cpu_of_tree(self.pid)
+        result = bench.load(self.spec_path, "kiosk", seconds)
+        cpu = bench.cpu_of_tree(self.pid) - before
+        if result["errors"]:
+            raise RuntimeError(f"{self.label}: kiosk errors: {result['errors'][:3]}")
+        for kiosk in self.spec["kiosks"]:
+            kiosk["counter"] = result["counters"][kiosk["id"]]
+        pairs = len(result["capture_ms"])
+        result["rate"] = len(result["authorize_ms"]) / result["elapsed"]
+        result["cpu_per_pair_ms"] = 1000 * cpu / pairs if pairs else float("nan")
+        return result
+
+    def stop(self) -> None:
+        if self.child.stdin:
+            self.child.stdin.close()
+        self.child.wait(120)
+
+
+def main() -> int:
+    if len(sys.argv) == 7 and sys.argv[1] == "--serve":
+        _, _, tree, out, clients, workers, threads = sys.argv
+        serve(Path(tree), Path(out), int(clients), int(workers), int(threads))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--baseline", default=BEFORE_CONTRACTS, help="the git ref to compare against"
+    )
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="load both servers at the same time (each gets about half the machine)",
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE for this tree's server"
+    )
+    args = parser.parse_args()
+    own_env = dict(item.split("=", 1) for item in args.env)
+    with tempfile.TemporaryDirectory(prefix="onecard-ab-") as tmp_name:
+        tmp = Path(tmp_name)
+        tree = tmp / "baseline"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline],
+            check=True,
+            capture_output=True,
+        )
+        sides: list[Side] = []
+        try:
+            sides = [Side("now", ROOT, tmp, args, own_env), Side("before", tree, tmp, args, {})]
+            for side in sides:
+                side.wait_ready()
+                side.run(WARM_SECONDS)
+            now, before = sides
+            how = "both at once" if args.together else "alternating"
+            print(
+                f"this tree against {args.baseline}: {args.rounds} rounds of {args.seconds:g} s each ({how}), "
+                f"{args.clients} kiosks, gunicorn {args.workers} x {args.threads}, PostgreSQL"
+                + (f"; this tree's server with {' '.join(args.env)}" if args.env else "")
+            )
+            print("round  now auth/s  before auth/s  ratio   now CPU/pair  before CPU/pair  ratio")
+            for i in range(args.rounds):
+                if args.together:
+                    with ThreadPoolExecutor(2) as pool:
+                        runs = pool.map(lambda side: side.run(args.seconds), sides)
+                        results = dict(zip(("now", "before"), runs, strict=True))
+                else:
+                    order = (now, before) if i % 2 == 0 else (before, now)
+                    results = {side.label: side.run(args.seconds) for side in order}
+                a, b = results["now"], results["before"]
+                print(
+                    f"{i + 1:>5}  {a['rate']:>10.1f}  {b['rate']:>13.1f}  {a['rate'] / b['rate']:.3f}"
+                    f"  {a['cpu_per_pair_ms']:>10.2f} ms  {b['cpu_per_pair_ms']:>12.2f} ms"
+                    f"  {a['cpu_per_pair_ms'] / b['cpu_per_pair_ms']:.3f}",
+                    flush=True,
+                )
+                for side, r in ((now, a), (before, b)):
+                    side.rates.append(r["rate"])
+                    side.cpu_per_pair.append(r["cpu_per_pair_ms"])
+            med = statistics.median
+            rate_ratio = med(x / y for x, y in zip(now.rates, before.rates, strict=True))
+            cpu_ratio = med(
+                x / y for x, y in zip(now.cpu_per_pair, before.cpu_per_pair, strict=True)
+            )
+            print(
+                f"median  {med(now.rates):>9.1f}  {med(before.rates):>13.1f}  {rate_ratio:.3f}"
+                f"  {med(now.cpu_per_pair):>10.2f} ms  {med(before.cpu_per_pair):>12.2f} ms"
+                f"  {cpu_ratio:.3f}   (ratios: median of the per-round ratios)"
+            )
+        finally:
+            for side in sides:
+                side.stop()
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                check=False,
+                capture_output=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
