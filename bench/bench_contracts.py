@@ -107,20 +107,28 @@ def main() -> int:
     pydantic_us = per_call_us(lambda: AuthorizeRequest.model_validate_json(BODY), calls)
     print(f"validating an authorize body ({len(BODY)} bytes), median of 5 x {calls} calls:")
     print(f"  json.loads only (baseline)      {baseline:6.2f} us")
-    print(f"  pydantic v2 model_validate_json {pydantic_us:6.2f} us  ({pydantic_us / baseline:.2f}x baseline)")
+    print(
+        f"  pydantic v2 model_validate_json {pydantic_us:6.2f} us  ({pydantic_us / baseline:.2f}x baseline)"
+    )
     struct = msgspec_contract()
     if struct is not None:
         decoder = msgspec.json.Decoder(struct)
         msgspec_us = per_call_us(lambda: decoder.decode(BODY), calls)
-        print(f"  msgspec json.decode(type=...)   {msgspec_us:6.2f} us  ({msgspec_us / baseline:.2f}x baseline)")
+        print(
+            f"  msgspec json.decode(type=...)   {msgspec_us:6.2f} us  ({msgspec_us / baseline:.2f}x baseline)"
+        )
     else:
         print("  msgspec: not installed (pip install msgspec), left out")
     hostile_calls = max(1, calls // 100)
     print(f"refusing {len(HOSTILE)} bytes nested 30,000 deep, median of 5 x {hostile_calls} calls:")
     stdlib = per_call_us(refuses(lambda: json.loads(HOSTILE)), hostile_calls)
     print(f"  json.loads (RecursionError)     {stdlib:8.1f} us")
-    refused = per_call_us(refuses(lambda: AuthorizeRequest.model_validate_json(HOSTILE)), hostile_calls)
-    print(f"  pydantic v2 (json_invalid)      {refused:8.1f} us  ({refused / stdlib:.2f}x json.loads)")
+    refused = per_call_us(
+        refuses(lambda: AuthorizeRequest.model_validate_json(HOSTILE)), hostile_calls
+    )
+    print(
+        f"  pydantic v2 (json_invalid)      {refused:8.1f} us  ({refused / stdlib:.2f}x json.loads)"
+    )
     if struct is not None:
         decoder = msgspec.json.Decoder(struct)
 
@@ -131,7 +139,9 @@ def main() -> int:
                 raise ValueError(str(exc)) from None
 
         refused_m = per_call_us(refuses(msgspec_hostile), hostile_calls)
-        print(f"  msgspec                         {refused_m:8.1f} us  ({refused_m / stdlib:.2f}x json.loads)")
+        print(
+            f"  msgspec                         {refused_m:8.1f} us  ({refused_m / stdlib:.2f}x json.loads)"
+        )
     return 0
 
 

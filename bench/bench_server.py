@@ -312,7 +312,12 @@ def run(db: Database, args: argparse.Namespace) -> bool:
 
 def cpu_of_tree(pid: int) -> float:
     """User+system CPU seconds of a process and its children, from /proc (Linux)."""
-    total = 0.0
+    return sum(cpu_split_of_tree(pid))
+
+
+def cpu_split_of_tree(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and its children, from /proc (Linux)."""
+    user = system = 0.0
     tick = os.sysconf("SC_CLK_TCK")
     pids = [pid]
     try:
@@ -323,10 +328,11 @@ def cpu_of_tree(pid: int) -> float:
     for p in pids:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            user += int(fields[11]) / tick
+            system += int(fields[12]) / tick
         except OSError:
             pass
-    return total
+    return user, system
 
 
 def report(

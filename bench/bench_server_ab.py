@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import os
 import secrets
 import statistics
@@ -108,6 +109,21 @@ def serve(tree: Path, out: Path, clients: int, workers: int, threads: int) -> No
             b.drop_postgres_database(pg.pg_user, pg.pg_name)
 
 
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median (order statistics: the number of rounds below
+    the true median is binomial, n and 1/2). With fewer than 6 rounds it is the whole range."""
+    ordered = sorted(values)
+    n = len(ordered)
+    tail, k = 0.0, 0
+    while k < n // 2:
+        below = math.comb(n, k) / 2**n  # P(exactly k rounds below the median)
+        if tail + below > (1 - confidence) / 2:
+            break
+        tail += below
+        k += 1
+    return ordered[max(k - 1, 0)], ordered[min(n - k, n - 1)]
+
+
 class Side:
     """One version's server, as the parent drives it."""
 
@@ -134,6 +150,7 @@ class Side:
         )
         self.rates: list[float] = []
         self.cpu_per_pair: list[float] = []
+        self.system_shares: list[float] = []
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + 600
@@ -148,9 +165,10 @@ class Side:
 
     def run(self, seconds: float) -> dict[str, Any]:
         self.spec_path.write_text(json.dumps(self.spec))
-        before = bench.cpu_of_tree(self.pid)
+        before = bench.cpu_split_of_tree(self.pid)
         result = bench.load(self.spec_path, "kiosk", seconds)
-        cpu = bench.cpu_of_tree(self.pid) - before
+        after = bench.cpu_split_of_tree(self.pid)
+        cpu, system = sum(after) - sum(before), after[1] - before[1]
         if result["errors"]:
             raise RuntimeError(f"{self.label}: kiosk errors: {result['errors'][:3]}")
         for kiosk in self.spec["kiosks"]:
@@ -158,6 +176,7 @@ class Side:
         pairs = len(result["capture_ms"])
         result["rate"] = len(result["authorize_ms"]) / result["elapsed"]
         result["cpu_per_pair_ms"] = 1000 * cpu / pairs if pairs else float("nan")
+        result["system_share"] = system / cpu if cpu else float("nan")
         return result
 
     def stop(self) -> None:
@@ -211,7 +230,10 @@ def main() -> int:
                 f"{args.clients} kiosks, gunicorn {args.workers} x {args.threads}, PostgreSQL"
                 + (f"; this tree's server with {' '.join(args.env)}" if args.env else "")
             )
-            print("round  now auth/s  before auth/s  ratio   now CPU/pair  before CPU/pair  ratio")
+            print(
+                "round  now auth/s  before auth/s  ratio   now CPU/pair  before CPU/pair  ratio"
+                "   kernel's share now / before"
+            )
             for i in range(args.rounds):
                 if args.together:
                     with ThreadPoolExecutor(2) as pool:
@@ -224,22 +246,31 @@ def main() -> int:
                 print(
                     f"{i + 1:>5}  {a['rate']:>10.1f}  {b['rate']:>13.1f}  {a['rate'] / b['rate']:.3f}"
                     f"  {a['cpu_per_pair_ms']:>10.2f} ms  {b['cpu_per_pair_ms']:>12.2f} ms"
-                    f"  {a['cpu_per_pair_ms'] / b['cpu_per_pair_ms']:.3f}",
+                    f"  {a['cpu_per_pair_ms'] / b['cpu_per_pair_ms']:.3f}"
+                    f"   {a['system_share']:.1%} / {b['system_share']:.1%}",
                     flush=True,
                 )
                 for side, r in ((now, a), (before, b)):
                     side.rates.append(r["rate"])
                     side.cpu_per_pair.append(r["cpu_per_pair_ms"])
+                    side.system_shares.append(r["system_share"])
             med = statistics.median
-            rate_ratio = med(x / y for x, y in zip(now.rates, before.rates, strict=True))
-            cpu_ratio = med(
-                x / y for x, y in zip(now.cpu_per_pair, before.cpu_per_pair, strict=True)
+            rate_ratios = [x / y for x, y in zip(now.rates, before.rates, strict=True)]
+            cpu_ratios = [x / y for x, y in zip(now.cpu_per_pair, before.cpu_per_pair, strict=True)]
+            print(
+                f"median  {med(now.rates):>9.1f}  {med(before.rates):>13.1f}  {med(rate_ratios):.3f}"
+                f"  {med(now.cpu_per_pair):>10.2f} ms  {med(before.cpu_per_pair):>12.2f} ms"
+                f"  {med(cpu_ratios):.3f}   (ratios: median of the per-round ratios)"
             )
             print(
-                f"median  {med(now.rates):>9.1f}  {med(before.rates):>13.1f}  {rate_ratio:.3f}"
-                f"  {med(now.cpu_per_pair):>10.2f} ms  {med(before.cpu_per_pair):>12.2f} ms"
-                f"  {cpu_ratio:.3f}   (ratios: median of the per-round ratios)"
+                f"the kernel's share of the server's CPU, median: now {med(now.system_shares):.1%},"
+                f" before {med(before.system_shares):.1%}"
             )
+            for name, ratios in (("authorizations/s", rate_ratios), ("CPU per pair", cpu_ratios)):
+                low, high = median_interval(ratios)
+                print(
+                    f"{name}, now / before: median {med(ratios):.3f}, 95% interval {low:.3f} - {high:.3f}"
+                )
         finally:
             for side in sides:
                 side.stop()

@@ -82,7 +82,9 @@ def measure_one(tree: Path, seconds: float, database: str) -> dict[str, int]:
                 deadline = time.monotonic() + 300  # start-up under valgrind is slow
                 while True:
                     try:
-                        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=10).close()
+                        urllib.request.urlopen(
+                            f"http://127.0.0.1:{port}/api/v1/health", timeout=10
+                        ).close()
                         break
                     except OSError:
                         if server.poll() is not None or time.monotonic() > deadline:
@@ -150,7 +152,9 @@ def main() -> int:
         return 1
     label = f"{args.database}, gunicorn 1 worker x 1 thread, one kiosk, closed loop"
     now, pairs = per_pair(ROOT, args.database)
-    print(f"this tree: {now / 1e6:.2f} M instructions per authorize + capture ({label}; {pairs} pairs)")
+    print(
+        f"this tree: {now / 1e6:.2f} M instructions per authorize + capture ({label}; {pairs} pairs)"
+    )
     if args.baseline:
         with tempfile.TemporaryDirectory(prefix="onecard-baseline-") as tmp:
             tree = Path(tmp) / "tree"
