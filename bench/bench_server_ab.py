@@ -21,6 +21,9 @@ The baseline defaults to the code before the request framework was rebuilt (issu
 `--together` loads both servers at the same moment instead of one after the other: each then has
 about half the machine, and a disturbance falls on both at once (the figures are then not
 comparable with a lone server's, only with each other).
+`--restart-every N` starts both servers anew every N rounds: two runs of the same code (baseline
+HEAD) differed by 1.5% in CPU per pair when each kept one server for all its rounds, because a
+process's own hash seeds and memory layout set its speed for its whole life.
 `--env` sets a variable for this tree's server only (e.g. ONECARD_LOG_LEVEL=WARNING, to see what
 the request lines cost).
 """
@@ -56,7 +59,8 @@ BEFORE_CONTRACTS = "57aa8e8"
 
 def serve(tree: Path, out: Path, clients: int, workers: int, threads: int) -> None:
     """In a child process whose path starts with `tree`: seed a database with the tree's own
-    code, start its server, write {spec, pid} to `out`, and keep it up until stdin closes."""
+        code, start its server, write {spec, pid, generation} to `out`; restart it on each line read
+    from stdin, stop when stdin closes."""
     sys.path[:0] = [str(tree), str(tree / "bench")]
     os.environ.setdefault("ONECARD_PRODUCTION", "0")
     import bench_server as b
@@ -78,35 +82,46 @@ def serve(tree: Path, out: Path, clients: int, workers: int, threads: int) -> No
             raise SystemExit("PostgreSQL: not reachable at 127.0.0.1:5432")
         try:
             kiosks = b.prepare(pg.url, env, ca, clients, cards_per_kiosk=4)
-            port = b.free_port()
-            with open(tmp / "requests.log", "wb") as log:
-                server = subprocess.Popen(
-                    b.gunicorn_command(port, workers, threads),
-                    env={**os.environ, **env, "ONECARD_DATABASE_URL": pg.url},
-                    stdout=log,
-                    stderr=subprocess.DEVNULL,
-                )
-            try:
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        urllib.request.urlopen(
-                            f"http://127.0.0.1:{port}/api/v1/health", timeout=2
-                        ).close()
-                        break
-                    except OSError:
-                        if server.poll() is not None or time.monotonic() > deadline:
-                            raise RuntimeError(f"the server in {tree} did not start") from None
-                        time.sleep(0.1)
-                spec = {"host": "127.0.0.1", "port": port, "kiosks": kiosks}
-                out.write_text(json.dumps({"spec": spec, "pid": server.pid}))
-                sys.stdin.read()  # the parent closes it when the rounds are done
-            finally:
-                server.terminate()
-                server.wait(30)
+            server_env = {**os.environ, **env, "ONECARD_DATABASE_URL": pg.url}
+            # One gunicorn after another on the same database: the parent writes a line to
+            # restart it (a new process: new hash seeds, new memory layout), closes to stop.
+            generation = 0
+            while True:
+                port = b.free_port()
+                with open(tmp / "requests.log", "ab") as log:
+                    server = subprocess.Popen(
+                        b.gunicorn_command(port, workers, threads),
+                        env=server_env,
+                        stdout=log,
+                        stderr=subprocess.DEVNULL,
+                    )
+                try:
+                    _wait_up(server, port, tree)
+                    spec = {"host": "127.0.0.1", "port": port, "kiosks": kiosks}
+                    started = {"spec": spec, "pid": server.pid, "generation": generation}
+                    out.write_text(json.dumps(started))
+                    if not sys.stdin.readline():  # closed: the rounds are done
+                        return
+                    kiosks = json.loads(out.read_text())["spec"]["kiosks"]  # their counters
+                finally:
+                    server.terminate()
+                    server.wait(30)
+                generation += 1
         finally:
             assert pg.pg_user and pg.pg_name
             b.drop_postgres_database(pg.pg_user, pg.pg_name)
+
+
+def _wait_up(server: subprocess.Popen[bytes], port: int, tree: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).close()
+            return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server in {tree} did not start") from None
+            time.sleep(0.1)
 
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -152,16 +167,31 @@ class Side:
         self.cpu_per_pair: list[float] = []
         self.system_shares: list[float] = []
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, after: int = -1) -> None:
+        """Until the child reports a server of a generation later than `after`."""
         deadline = time.monotonic() + 600
-        while not self.ready.exists():
+        while True:
             if self.child.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.label}: the server did not come up")
-            time.sleep(0.5)
-        time.sleep(0.2)  # the file is written in one call, but let it land
-        started = json.loads(self.ready.read_text())
+            try:
+                started = json.loads(self.ready.read_text())
+                if started["generation"] > after:
+                    break
+            except (OSError, ValueError):  # not written yet, or being written
+                pass
+            time.sleep(0.2)
         self.spec: dict[str, Any] = started["spec"]
         self.pid: int = started["pid"]
+        self.generation: int = started["generation"]
+
+    def restart(self) -> None:
+        """A new gunicorn on the same database; the kiosks' counters carry over."""
+        assert self.child.stdin is not None
+        handed = {"spec": self.spec, "pid": self.pid, "generation": self.generation}
+        self.ready.write_text(json.dumps(handed))
+        self.child.stdin.write(b"restart\n")
+        self.child.stdin.flush()
+        self.wait_ready(after=self.generation)
 
     def run(self, seconds: float) -> dict[str, Any]:
         self.spec_path.write_text(json.dumps(self.spec))
@@ -200,6 +230,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument(
+        "--restart-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="restart both servers every N rounds (a process's hash seeds and memory layout move"
+        " its speed by a percent or two: restarts spread that over both versions)",
+    )
+    parser.add_argument(
         "--together",
         action="store_true",
         help="load both servers at the same time (each gets about half the machine)",
@@ -235,6 +273,10 @@ def main() -> int:
                 "   kernel's share now / before"
             )
             for i in range(args.rounds):
+                if i and args.restart_every and i % args.restart_every == 0:
+                    for side in sides:
+                        side.restart()
+                        side.run(WARM_SECONDS)
                 if args.together:
                     with ThreadPoolExecutor(2) as pool:
                         runs = pool.map(lambda side: side.run(args.seconds), sides)
