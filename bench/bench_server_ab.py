@@ -31,11 +31,9 @@ the request lines cost).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import math
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -50,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import bench_server as bench  # noqa: E402  (this tree's load generator and CPU reading)
+from bench_worker_instructions import throwaway_ca_and_env  # noqa: E402
 
 WARM_SECONDS = 3.0
 # The last commit before the request framework and contracts were rebuilt (issue 9): the "before"
@@ -64,19 +63,10 @@ def serve(tree: Path, out: Path, clients: int, workers: int, threads: int) -> No
     sys.path[:0] = [str(tree), str(tree / "bench")]
     os.environ.setdefault("ONECARD_PRODUCTION", "0")
     import bench_server as b
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from cardsvc.ca import CardCA
 
     with tempfile.TemporaryDirectory(prefix="onecard-ab-") as tmp_name:
         tmp = Path(tmp_name)
-        ca = CardCA.create(tmp / "ca")
-        (tmp / "ca.pem").write_bytes(ca.certificate.public_bytes(Encoding.PEM))
-        env = {
-            "ONECARD_DATA_DIR": str(tmp / "data"),
-            "ONECARD_FIELD_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-            "ONECARD_CARD_CA_CERT": str(tmp / "ca.pem"),
-        }
+        ca, env = throwaway_ca_and_env(tmp)
         pg = b.postgres_database()
         if pg is None:
             raise SystemExit("PostgreSQL: not reachable at 127.0.0.1:5432")

@@ -33,10 +33,28 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHORT_SECONDS, LONG_SECONDS, WARM_SECONDS = 5.0, 35.0, 5.0
+
+
+def throwaway_ca_and_env(tmp: Path) -> tuple[Any, dict[str, str]]:
+    """A card CA and the server's environment (data directory, field key, CA) under `tmp`, for
+    a server of the tree first on the path (its own cardsvc makes the CA)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from cardsvc.ca import CardCA
+
+    ca = CardCA.create(tmp / "ca")
+    (tmp / "ca.pem").write_bytes(ca.certificate.public_bytes(Encoding.PEM))
+    env = {
+        "ONECARD_DATA_DIR": str(tmp / "data"),
+        "ONECARD_FIELD_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "ONECARD_CARD_CA_CERT": str(tmp / "ca.pem"),
+    }
+    return ca, env
 
 
 def measure_one(tree: Path, seconds: float, database: str) -> dict[str, int]:
@@ -44,19 +62,10 @@ def measure_one(tree: Path, seconds: float, database: str) -> dict[str, int]:
     sys.path[:0] = [str(tree), str(tree / "bench")]
     os.environ.setdefault("ONECARD_PRODUCTION", "0")
     import bench_server as b  # the tree's own seeding, command line and load generator
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from cardsvc.ca import CardCA
 
     with tempfile.TemporaryDirectory(prefix="onecard-worker-ir-") as tmp_name:
         tmp = Path(tmp_name)
-        ca = CardCA.create(tmp / "ca")
-        (tmp / "ca.pem").write_bytes(ca.certificate.public_bytes(Encoding.PEM))
-        env = {
-            "ONECARD_DATA_DIR": str(tmp / "data"),
-            "ONECARD_FIELD_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-            "ONECARD_CARD_CA_CERT": str(tmp / "ca.pem"),
-        }
+        ca, env = throwaway_ca_and_env(tmp)
         pg = b.postgres_database() if database == "postgresql" else None
         if database == "postgresql" and pg is None:
             raise SystemExit("PostgreSQL: not reachable at 127.0.0.1:5432")

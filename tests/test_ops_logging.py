@@ -128,11 +128,8 @@ def test_records_written_during_a_request_carry_its_id(
     assert line["message"] == "something to see" and line["level"] == "WARNING"
 
 
-def test_the_kiosks_log_lines_have_time_and_level() -> None:
-    script = (
-        "import logging; from kiosk.app import configure_logging; configure_logging(); "
-        "logging.getLogger('kiosk.tap').info('served'); logging.getLogger('kiosk.x').debug('no')"
-    )
+def _python(script: str) -> subprocess.CompletedProcess[str]:
+    """`script` in a Python of its own, from the project's root, logging at INFO."""
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,
@@ -142,6 +139,15 @@ def test_the_kiosks_log_lines_have_time_and_level() -> None:
         env={"PATH": "/usr/bin:/bin", "ONECARD_LOG_LEVEL": "INFO"},
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_the_kiosks_log_lines_have_time_and_level() -> None:
+    script = (
+        "import logging; from kiosk.app import configure_logging; configure_logging(); "
+        "logging.getLogger('kiosk.tap').info('served'); logging.getLogger('kiosk.x').debug('no')"
+    )
+    result = _python(script)
     assert re.fullmatch(
         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO kiosk\.tap: served\n", result.stdout
     )
@@ -197,15 +203,7 @@ def test_waiting_lines_are_written_when_the_process_exits_and_by_the_timer() -> 
         "h = configure_logging(); h.line('{\"n\": 1}'); time.sleep(1.0); "
         "print('--', flush=True); h.line('{\"n\": 2}')"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-    )
-    assert result.returncode == 0, result.stderr
+    result = _python(script)
     # The first line was written by the timer before the marker; the second at exit.
     assert result.stdout.splitlines() == ['{"n": 1}', "--", '{"n": 2}']
 
