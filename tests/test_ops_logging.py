@@ -55,6 +55,7 @@ def json_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[JsonLog]:
         yield log
     finally:
         root.removeHandler(log.handler)
+        log.handler.close()
         root.setLevel(level)
 
 
@@ -214,3 +215,15 @@ def test_a_stream_that_is_not_utf8_gets_escaped_lines_not_none() -> None:
     handler = requestlog.BatchedJsonHandler(stream)
     handler.line('{"path": "/ä"}', urgent=True)
     assert raw.getvalue() == b'{"path": "/\\xe4"}\n'
+
+
+def test_a_closed_handler_writes_what_waits_and_its_flusher_stops() -> None:
+    stream = io.StringIO()
+    handler = requestlog.BatchedJsonHandler(stream)
+    handler.line('{"n": 1}')
+    flusher = handler.flusher
+    assert flusher is not None and flusher.is_alive()
+    handler.close()
+    assert stream.getvalue() == '{"n": 1}\n'
+    flusher.join(timeout=10 * handler.FLUSH_SECONDS)
+    assert not flusher.is_alive()

@@ -96,13 +96,14 @@ class BatchedJsonHandler(logging.Handler):
         self._lines: list[str] = []
         self._guard = threading.Lock()
         self._flusher_pid = 0
+        self.flusher: threading.Thread | None = None  # this process's, once a line came
         os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self) -> None:
         # The parent writes the lines it buffered; this process starts empty, with its own lock
         # (another thread may have held the parent's at the fork) and, on its first line, its
         # own flusher thread.
-        self._lines, self._guard, self._flusher_pid = [], threading.Lock(), 0
+        self._lines, self._guard, self._flusher_pid, self.flusher = [], threading.Lock(), 0, None
 
     def line(self, text: str, urgent: bool = False) -> None:
         with self._guard:
@@ -124,6 +125,13 @@ class BatchedJsonHandler(logging.Handler):
         with self._guard:
             self._write_out()
 
+    def close(self) -> None:
+        """Write what waits and stop the flusher thread (logging.shutdown at exit, or a handler
+        replaced by configure_logging)."""
+        self._flusher_pid = -1
+        self.flush()
+        super().close()
+
     def _write_out(self) -> None:
         if not self._lines:
             return
@@ -140,7 +148,10 @@ class BatchedJsonHandler(logging.Handler):
 
     def _start_flusher(self) -> None:
         self._flusher_pid = os.getpid()
-        threading.Thread(target=self._flush_every, name="onecard-log-flush", daemon=True).start()
+        self.flusher = threading.Thread(
+            target=self._flush_every, name="onecard-log-flush", daemon=True
+        )
+        self.flusher.start()
 
     def _flush_every(self) -> None:
         pid = os.getpid()
