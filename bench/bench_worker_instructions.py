@@ -11,6 +11,7 @@ first connections) cancels out.
 
     .venv/bin/python bench/bench_worker_instructions.py [--database sqlite|postgresql]
         [--baseline GIT-REF]   # the same count for another version, in a temporary worktree
+        [--threads N]          # N worker threads and N kiosks (default 1)
 
 Everything in the worker is counted: the HTTP parsing, Flask, the request framework, the
 services, the database driver and the signature checks; PostgreSQL's own work is not (another
@@ -57,7 +58,7 @@ def throwaway_ca_and_env(tmp: Path) -> tuple[Any, dict[str, str]]:
     return ca, env
 
 
-def measure_one(tree: Path, seconds: float, database: str) -> dict[str, int]:
+def measure_one(tree: Path, seconds: float, database: str, threads: int) -> dict[str, int]:
     """In a child process whose path starts with `tree`: one server under callgrind."""
     sys.path[:0] = [str(tree), str(tree / "bench")]
     os.environ.setdefault("ONECARD_PRODUCTION", "0")
@@ -71,7 +72,7 @@ def measure_one(tree: Path, seconds: float, database: str) -> dict[str, int]:
             raise SystemExit("PostgreSQL: not reachable at 127.0.0.1:5432")
         url = pg.url if pg is not None else f"sqlite:///{tmp / 'bench.db'}"
         try:
-            kiosks = b.prepare(url, env, ca, 1, cards_per_kiosk=4)
+            kiosks = b.prepare(url, env, ca, threads, cards_per_kiosk=4)  # a kiosk per thread
             port = b.free_port()
             out = tmp / "callgrind"
             out.mkdir()
@@ -81,7 +82,7 @@ def measure_one(tree: Path, seconds: float, database: str) -> dict[str, int]:
                     "--tool=callgrind",
                     "--trace-children=yes",
                     f"--callgrind-out-file={out}/worker.%p",
-                    *b.gunicorn_command(port, 1, 1),
+                    *b.gunicorn_command(port, 1, threads),
                 ],
                 env={**os.environ, **env, "ONECARD_DATABASE_URL": url, "PYTHONPATH": str(tree)},
                 stdout=subprocess.DEVNULL,
@@ -103,7 +104,8 @@ def measure_one(tree: Path, seconds: float, database: str) -> dict[str, int]:
                 spec = {"host": "127.0.0.1", "port": port, "kiosks": kiosks}
                 spec_path.write_text(json.dumps(spec))
                 warm = b.load(spec_path, "kiosk", WARM_SECONDS)
-                kiosks[0]["counter"] = warm["counters"][kiosks[0]["id"]]
+                for kiosk in kiosks:
+                    kiosk["counter"] = warm["counters"][kiosk["id"]]
                 spec_path.write_text(json.dumps(spec))
                 run = b.load(spec_path, "kiosk", seconds)
                 if warm["errors"] or run["errors"]:
@@ -124,12 +126,20 @@ def measure_one(tree: Path, seconds: float, database: str) -> dict[str, int]:
     return {"pairs": pairs, "instructions": instructions}
 
 
-def per_pair(tree: Path, database: str) -> tuple[float, int]:
+def per_pair(tree: Path, database: str, threads: int) -> tuple[float, int]:
     """(instructions per pair, pairs counted in the long run) for the code in `tree`."""
 
     def child(seconds: float) -> dict[str, int]:
         done = subprocess.run(
-            [sys.executable, __file__, "--measure-one", str(tree), str(seconds), database],
+            [
+                sys.executable,
+                __file__,
+                "--measure-one",
+                str(tree),
+                str(seconds),
+                database,
+                str(threads),
+            ],
             capture_output=True,
             text=True,
             env={**os.environ, "PYTHONPATH": str(tree)},
@@ -149,18 +159,28 @@ def per_pair(tree: Path, database: str) -> tuple[float, int]:
 
 
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "--measure-one":
-        print(json.dumps(measure_one(Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4])))
+    if len(sys.argv) == 6 and sys.argv[1] == "--measure-one":
+        _, _, tree, seconds, database, threads = sys.argv
+        print(json.dumps(measure_one(Path(tree), float(seconds), database, int(threads))))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="postgresql")
     parser.add_argument("--baseline", help="a git ref to count the same way, for the ratio")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="worker threads, with as many kiosks (what threads add: the GIL's hand-offs, locks)",
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: no instruction counts (apt-get install valgrind)")
         return 1
-    label = f"{args.database}, gunicorn 1 worker x 1 thread, one kiosk, closed loop"
-    now, pairs = per_pair(ROOT, args.database)
+    label = (
+        f"{args.database}, gunicorn 1 worker x {args.threads} thread(s),"
+        f" {args.threads} kiosk(s), closed loop"
+    )
+    now, pairs = per_pair(ROOT, args.database, args.threads)
     print(
         f"this tree: {now / 1e6:.2f} M instructions per authorize + capture ({label}; {pairs} pairs)"
     )
@@ -173,7 +193,7 @@ def main() -> int:
                 capture_output=True,
             )
             try:
-                before, _ = per_pair(tree, args.database)
+                before, _ = per_pair(tree, args.database, args.threads)
             finally:
                 subprocess.run(
                     ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
