@@ -36,7 +36,8 @@
 (() => {
   const desk = document.getElementById("card-desk");
   if (!desk) return;
-  const { Problem, Unreachable, Stop, hex } = window.OneCardDesk; // static/card-service.js
+  // static/card-service.js
+  const { Problem, Stop, hex, generateKeys, recordOrStop } = window.OneCardDesk;
   const words = window.OneCardDesk.wordsOf(desk);
   const RESIDENT = Number(desk.dataset.resident);
   const steps = document.getElementById("card-steps");
@@ -110,7 +111,6 @@
   // The steps of `onecard card provision` for the card on the reader; its GUID once recorded.
   async function provision(pin) {
     const guid = await identify();
-    let managementKey = null; // the PIV default key: a blank card
     if (guid !== null) {
       step("step.check");
       try {
@@ -121,20 +121,7 @@
         if (!(error instanceof Problem && error.code === "card_unknown")) throw error;
       }
     }
-    step("step.generate");
-    let generated;
-    try {
-      generated = await card("/provision/generate", {});
-    } catch (error) {
-      // An interrupted run set the card's own management key: ask the server for it.
-      if (!(error instanceof Problem && error.code === "management_key_refused" && guid)) throw error;
-      progress.drop(); // not a failure: the card is ours, on a key of its own
-      step("step.secrets");
-      const keys = await server("POST", `/cards/${guid}/secrets`, { purpose: "provision" });
-      managementKey = { management_key: hex(keys.management_key), management_key_type: "AES128" };
-      step("step.generate");
-      generated = await card("/provision/generate", managementKey);
-    }
+    const { generated, managementKey } = await generateKeys(card, server, progress, guid);
     step("step.certify");
     const certified = await server("POST", "/cards/certificates", {
       resident_id: RESIDENT,
@@ -151,14 +138,8 @@
       new_management_key: { type: "AES128", key: hex(certified.management_key) },
     });
     step("step.record");
-    try {
-      await server("POST", "/cards", { resident_id: RESIDENT, certificate: certified.certificate });
-    } catch (error) {
-      if (error instanceof Unreachable || error instanceof Problem) {
-        throw new Stop("error.not_recorded", { detail: error.message });
-      }
-      throw error;
-    }
+    await recordOrStop("error.not_recorded", () =>
+      server("POST", "/cards", { resident_id: RESIDENT, certificate: certified.certificate }));
     return certified.card_guid;
   }
 

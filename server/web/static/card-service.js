@@ -1,10 +1,11 @@
 /*
  * What the pages that drive the desk's card service share (static/card-desk.js on a resident's
- * page, static/staff-card-issue.js on a user's staff cards): calls to the local card service
- * (cardsvc/service.py, http://127.0.0.1) and to the server's JSON calls (/api/v1, with the staff
- * session cookie and the page's CSRF token), their failures as typed errors, the page's words
- * (the gettext catalogue's, rendered by the server into data-words), what a failure means in
- * those words, the progress list and the new PIN's check. No build step, no libraries: it sets window.OneCardDesk, used by the page's own
+ * page, static/staff-card-issue.js on a user's staff cards; static/station.js takes its calls
+ * and errors): calls to the local card service (cardsvc/service.py, http://127.0.0.1) and to
+ * the server's JSON calls (/api/v1, with the staff session cookie and the page's CSRF token),
+ * their failures as typed errors, the page's words (the gettext catalogue's, rendered by the
+ * server into data-words), what a failure means in those words, the progress list and the new
+ * PIN's check. No build step, no libraries: it sets window.OneCardDesk, used by the page's own
  * script loaded after it.
  */
 "use strict";
@@ -25,6 +26,7 @@ window.OneCardDesk = (() => {
       this.where = where;
       this.status = status;
       this.code = body.code || `http_${status}`;
+      this.body = body;
     }
   }
 
@@ -85,6 +87,39 @@ window.OneCardDesk = (() => {
 
   const hex = (b64) =>
     Array.from(atob(b64), (c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join("");
+
+  // The card makes its keys (POST /provision/generate with `options`). A run interrupted after
+  // the card took its own management key finds the default key refused: the server gives the
+  // card's key (POST /cards/<guid>/secrets) and the card tries again with it. Returns the card's
+  // answer and the management key it took (null: the default one).
+  async function generateKeys(card, server, progress, guid, options = {}) {
+    progress.step("step.generate");
+    try {
+      return { generated: await card("/provision/generate", options), managementKey: null };
+    } catch (error) {
+      if (!(error instanceof Problem && error.code === "management_key_refused" && guid)) throw error;
+      progress.drop(); // not a failure: the card is ours, on a key of its own
+      progress.step("step.secrets");
+      const keys = await server("POST", `/cards/${guid}/secrets`, { purpose: "provision" });
+      const managementKey = { management_key: hex(keys.management_key), management_key_type: "AES128" };
+      progress.step("step.generate");
+      const generated = await card("/provision/generate", { ...managementKey, ...options });
+      return { generated, managementKey };
+    }
+  }
+
+  // The last step tells the server what is now on the card. If that call fails, the card is
+  // written and the server does not know it: a Stop with `key`'s words and the server's detail.
+  async function recordOrStop(key, call) {
+    try {
+      return await call();
+    } catch (error) {
+      if (error instanceof Unreachable || error instanceof Problem) {
+        throw new Stop(key, { detail: error.message });
+      }
+      throw error;
+    }
+  }
 
   // words(key, params): the page's word for `key`, its %(name)s filled in.
   function wordsOf(element) {
@@ -166,6 +201,8 @@ window.OneCardDesk = (() => {
     serverCalls,
     cardCalls,
     hex,
+    generateKeys,
+    recordOrStop,
     wordsOf,
     explain,
     progress,

@@ -21,7 +21,7 @@
 (() => {
   const panel = document.getElementById("staff-card-issue");
   if (!panel) return;
-  const { Problem, Unreachable, Stop, hex } = window.OneCardDesk;
+  const { Problem, Stop, hex, generateKeys, recordOrStop } = window.OneCardDesk;
   const words = window.OneCardDesk.wordsOf(panel);
   const USER = panel.dataset.user;
   const steps = document.getElementById("issue-steps");
@@ -46,7 +46,6 @@
     const pin = window.OneCardDesk.pinFrom(pinInput);
     step("step.identify");
     const { card_guid: guid } = await card("/card/identify");
-    let managementKey = null; // the PIV default key: a blank card
     if (guid !== null) {
       step("step.check");
       let known = null;
@@ -61,20 +60,9 @@
         throw new Stop("error.issued_staff", { status });
       }
     }
-    step("step.generate");
-    let generated;
-    try {
-      generated = await card("/provision/generate", { sign_in: true });
-    } catch (error) {
-      // An interrupted run set the card's own management key: ask the server for it.
-      if (!(error instanceof Problem && error.code === "management_key_refused" && guid)) throw error;
-      progress.drop(); // not a failure: the card is ours, on a key of its own
-      step("step.secrets");
-      const keys = await server("POST", `/cards/${guid}/secrets`, { purpose: "provision" });
-      managementKey = { management_key: hex(keys.management_key), management_key_type: "AES128" };
-      step("step.generate");
-      generated = await card("/provision/generate", { ...managementKey, sign_in: true });
-    }
+    const { generated, managementKey } = await generateKeys(card, server, progress, guid, {
+      sign_in: true,
+    });
     step("step.certify");
     const certified = await server("POST", "/staff-cards/certificates", {
       user_name: USER,
@@ -93,17 +81,8 @@
       new_management_key: { type: "AES128", key: hex(certified.management_key) },
     });
     step("step.link");
-    try {
-      await server("POST", "/staff-cards", {
-        user_name: USER,
-        certificate: certified.sign_in_certificate,
-      });
-    } catch (error) {
-      if (error instanceof Unreachable || error instanceof Problem) {
-        throw new Stop("error.not_linked", { detail: error.message });
-      }
-      throw error;
-    }
+    await recordOrStop("error.not_linked", () =>
+      server("POST", "/staff-cards", { user_name: USER, certificate: certified.sign_in_certificate }));
     return certified.card_guid;
   }
 

@@ -46,22 +46,9 @@
     "card_not_provisioned", "card_malformed", "card_refused", "verification_failed",
   ]);
 
-  class Unreachable extends Error {
-    constructor(where) {
-      super(`${where} unreachable`);
-      this.where = where;
-    }
-  }
-
-  class Problem extends Error {
-    constructor(where, status, body) {
-      super(body.detail || `HTTP ${status}`);
-      this.where = where;
-      this.status = status;
-      this.code = body.code || `http_${status}`;
-      this.body = body;
-    }
-  }
+  // The card service's and the server's failures, and the call that raises them: shared with
+  // the staff pages' desk scripts (static/card-service.js, loaded before this one).
+  const { Unreachable, Problem, fetchJson } = window.OneCardDesk;
 
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(window.location.search);
@@ -80,23 +67,6 @@
   };
 
   // --- HTTP ---------------------------------------------------------------------------------
-
-  async function fetchJson(where, url, options = {}) {
-    let response;
-    try {
-      response = await fetch(url, { cache: "no-store", ...options });
-    } catch (error) {
-      throw new Unreachable(where);
-    }
-    let body = {};
-    try {
-      body = await response.json();
-    } catch (error) {
-      body = {};
-    }
-    if (!response.ok) throw new Problem(where, response.status, body);
-    return body;
-  }
 
   // Signed in on this server's sign-in page (the session cookie) instead of with a token: a
   // state-changing call then carries the page's CSRF token (station.html's meta tag).
