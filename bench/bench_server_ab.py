@@ -1,29 +1,30 @@
-"""This tree against another version over real HTTP, both served at once, in alternating rounds.
+"""This tree against another version over real HTTP: both served at once, loaded in rounds.
 
 bench/bench_server.py times one version; on this shared 2-core machine its figures move by up to
 a quarter between identical runs, so two separate runs cannot show a difference of a few percent.
 Here both versions run side by side, each from its own tree (the other in a temporary git
 worktree), each with its own PostgreSQL database seeded by its own code, each under gunicorn as
-in production (server.gunicorn_config, 2 workers x 4 threads by default). The same 64 kiosks
-then load one server, then the other, for a few seconds each, alternating which goes first, for
-a dozen rounds: whatever else the machine does in a given minute falls on both.
+in production (server.gunicorn_config, 2 workers x 4 threads by default). In each round the same
+64 kiosks load both servers at the same moment: each has about half the machine, and whatever
+else the machine does falls on both (the figures compare the two, not a lone server's).
+Every 4 rounds both servers are started anew: two servers of the same code (`--baseline HEAD`)
+differed by 1.4% in CPU per pair when each kept one process for all its rounds, because a
+process's hash seeds and memory layout set its speed for its whole life; with restarts, 0.1%.
 
 Each server writes its JSON request lines to a file, as production writes them to journald's
 pipe (a server whose standard output is /dev/null would hide the logging's cost).
 
-It prints, per round and as medians: authorizations/s and the server's CPU per authorize +
-capture pair, and the median of the per-round ratios (this tree / baseline).
+It prints, per round and as medians: authorizations/s, the server's CPU per authorize + capture
+pair and the kernel's share of it; then the median of the per-round ratios (this tree /
+baseline) with a distribution-free 95% interval.
 
-    .venv/bin/python bench/bench_server_ab.py [--baseline GIT-REF] [--rounds 12] [--seconds 8]
-        [--clients 64] [--workers 2] [--threads 4] [--env NAME=VALUE ...]
+    .venv/bin/python bench/bench_server_ab.py [--baseline GIT-REF] [--rounds 32] [--seconds 5]
+        [--restart-every 4] [--alternate] [--clients 64] [--workers 2] [--threads 4]
+        [--env NAME=VALUE ...]
 
 The baseline defaults to the code before the request framework was rebuilt (issue 9).
-`--together` loads both servers at the same moment instead of one after the other: each then has
-about half the machine, and a disturbance falls on both at once (the figures are then not
-comparable with a lone server's, only with each other).
-`--restart-every N` starts both servers anew every N rounds: two runs of the same code (baseline
-HEAD) differed by 1.5% in CPU per pair when each kept one server for all its rounds, because a
-process's own hash seeds and memory layout set its speed for its whole life.
+`--alternate` loads one server, then the other, each alone (the order swapped every round):
+figures comparable with bench_server.py's, but a disturbance then falls on one side only.
 `--env` sets a variable for this tree's server only (e.g. ONECARD_LOG_LEVEL=WARNING, to see what
 the request lines cost).
 """
@@ -214,23 +215,23 @@ def main() -> int:
     parser.add_argument(
         "--baseline", default=BEFORE_CONTRACTS, help="the git ref to compare against"
     )
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument(
         "--restart-every",
         type=int,
-        default=0,
+        default=4,
         metavar="N",
         help="restart both servers every N rounds (a process's hash seeds and memory layout move"
         " its speed by a percent or two: restarts spread that over both versions)",
     )
     parser.add_argument(
-        "--together",
+        "--alternate",
         action="store_true",
-        help="load both servers at the same time (each gets about half the machine)",
+        help="load one server, then the other, each alone (default: both at the same time)",
     )
     parser.add_argument(
         "--env", action="append", default=[], help="NAME=VALUE for this tree's server"
@@ -252,7 +253,7 @@ def main() -> int:
                 side.wait_ready()
                 side.run(WARM_SECONDS)
             now, before = sides
-            how = "both at once" if args.together else "alternating"
+            how = "both at once" if not args.alternate else "alternating"
             print(
                 f"this tree against {args.baseline}: {args.rounds} rounds of {args.seconds:g} s each ({how}), "
                 f"{args.clients} kiosks, gunicorn {args.workers} x {args.threads}, PostgreSQL"
@@ -267,7 +268,7 @@ def main() -> int:
                     for side in sides:
                         side.restart()
                         side.run(WARM_SECONDS)
-                if args.together:
+                if not args.alternate:
                     with ThreadPoolExecutor(2) as pool:
                         runs = pool.map(lambda side: side.run(args.seconds), sides)
                         results = dict(zip(("now", "before"), runs, strict=True))
