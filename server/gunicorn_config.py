@@ -27,9 +27,9 @@ _made_here = MULTIPROCESS_ENV not in os.environ
 if _made_here:
     os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="onecard-metrics-")
 metrics_dir = Path(os.environ[MULTIPROCESS_ENV])
-# The reports' suppression imports numpy and scipy (server.domain.suppression), whose OpenBLAS
-# starts a pool of threads in every worker at import; its linear programmes are tiny, and idle
-# pool threads wake and spin beside the kiosks' requests. One thread: no pool.
+# The reports' suppression imports numpy (server.domain.suppression), whose OpenBLAS starts a
+# pool of threads in every worker at import; its matrices are tiny, and idle pool threads wake
+# and spin beside the kiosks' requests. One thread: no pool.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Imported only once the directory is in the environment: the mode is chosen at import.

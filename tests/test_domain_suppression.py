@@ -22,10 +22,10 @@ from server.domain.suppression import (
     THRESHOLD,
     SuppressedTable,
     SuppressionError,
-    audit,
     suppress,
     suppress_list,
 )
+from server.domain.suppression_audit import audit
 
 Extended = list[list[int]]
 CAP = 10_000.0  # the attacker's upper bound on any count; a bound near it means "unbounded"
