@@ -95,7 +95,7 @@ class BatchedJsonHandler(logging.Handler):
         self.setFormatter(JsonFormatter())
         self._lines: list[str] = []
         self._guard = threading.Lock()
-        self._flusher_pid = 0
+        self._stopping = threading.Event()
         self.flusher: threading.Thread | None = None  # this process's, once a line came
         os.register_at_fork(after_in_child=self._forked)
 
@@ -103,14 +103,14 @@ class BatchedJsonHandler(logging.Handler):
         # The parent writes the lines it buffered; this process starts empty, with its own lock
         # (another thread may have held the parent's at the fork) and, on its first line, its
         # own flusher thread.
-        self._lines, self._guard, self._flusher_pid, self.flusher = [], threading.Lock(), 0, None
+        self._lines, self._guard, self.flusher = [], threading.Lock(), None
 
     def line(self, text: str, urgent: bool = False) -> None:
         with self._guard:
             self._lines.append(text)
             if urgent or len(self._lines) >= self.MOST_LINES:
                 self._write_out()
-            elif self._flusher_pid != os.getpid():
+            elif self.flusher is None:
                 self._start_flusher()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -128,7 +128,7 @@ class BatchedJsonHandler(logging.Handler):
     def close(self) -> None:
         """Write what waits and stop the flusher thread (logging.shutdown at exit, or a handler
         replaced by configure_logging)."""
-        self._flusher_pid = -1
+        self._stopping.set()
         self.flush()
         super().close()
 
@@ -147,16 +147,13 @@ class BatchedJsonHandler(logging.Handler):
             pass
 
     def _start_flusher(self) -> None:
-        self._flusher_pid = os.getpid()
         self.flusher = threading.Thread(
             target=self._flush_every, name="onecard-log-flush", daemon=True
         )
         self.flusher.start()
 
     def _flush_every(self) -> None:
-        pid = os.getpid()
-        while self._flusher_pid == pid:
-            time.sleep(self.FLUSH_SECONDS)
+        while not self._stopping.wait(self.FLUSH_SECONDS):
             self.flush()
 
 
