@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import bench_server as bench  # noqa: E402  (this tree's load generator and CPU reading)
-from bench_worker_instructions import throwaway_ca_and_env  # noqa: E402
+from bench_worker_instructions import throwaway_ca_and_env, tree_bench_server  # noqa: E402
 
 WARM_SECONDS = 3.0
 # Loaded together, both load generators start their clocks at one moment this far ahead, after
@@ -62,11 +62,11 @@ BEFORE_CONTRACTS = "57aa8e8"
 
 def serve(tree: Path, out: Path, clients: int, workers: int, threads: int) -> None:
     """In a child process whose path starts with `tree`: seed a database with the tree's own
-        code, start its server, write {spec, pid, generation} to `out`; restart it on each line read
+    code, start its server, write {spec, pid, generation} to `out`; restart it on each line read
     from stdin, stop when stdin closes."""
     sys.path[:0] = [str(tree), str(tree / "bench")]
     os.environ.setdefault("ONECARD_PRODUCTION", "0")
-    import bench_server as b
+    b = tree_bench_server(tree)
 
     with tempfile.TemporaryDirectory(prefix="onecard-ab-") as tmp_name:
         tmp = Path(tmp_name)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import json
 import os
 import re
@@ -39,6 +40,21 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHORT_SECONDS, LONG_SECONDS, WARM_SECONDS = 5.0, 35.0, 5.0
+
+
+def tree_bench_server(tree: Path) -> Any:
+    """`tree`'s own bench/bench_server.py, loaded from its file: an `import bench_server` could
+    return this tree's module, already imported, and seed the other version's database with
+    this version's code and migrations. (The project's editable install also finds a module the
+    other tree lacks in this tree: only what `tree` has is `tree`'s.)"""
+    spec = importlib.util.spec_from_file_location(
+        "tree_bench_server", tree / "bench" / "bench_server.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
 
 
 def throwaway_ca_and_env(tmp: Path) -> tuple[Any, dict[str, str]]:
@@ -62,7 +78,7 @@ def measure_one(tree: Path, seconds: float, database: str, threads: int) -> dict
     """In a child process whose path starts with `tree`: one server under callgrind."""
     sys.path[:0] = [str(tree), str(tree / "bench")]
     os.environ.setdefault("ONECARD_PRODUCTION", "0")
-    import bench_server as b  # the tree's own seeding, command line and load generator
+    b = tree_bench_server(tree)  # the tree's own seeding, command line and load generator
 
     with tempfile.TemporaryDirectory(prefix="onecard-worker-ir-") as tmp_name:
         tmp = Path(tmp_name)
